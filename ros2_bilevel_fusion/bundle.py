@@ -1,0 +1,206 @@
+"""The model bundle: the one contract between training and runtime.
+
+A bundle is a folder holding ``model.yaml`` and the ONNX file it names. Training writes it
+with :func:`save_bundle` (``python -m training.export``); every runtime part (node, backends,
+evaluation) learns how to run a model only through :func:`load_bundle`. TensorRT engines are
+built from the ONNX on the target GPU and cached next to it (see ``backends/tensorrt_backend``).
+
+Graph convention (format_version 1), one ONNX graph holding every network:
+
+* inputs ``ir``: float32 ``[N, 1, H, W]`` in [0, 1] (8-bit thermal / 255 after gain control),
+  ``visible_ycrcb``: float32 ``[N, 3, H, W]`` in [0, 1], OpenCV's YCrCb (``cv2.COLOR_BGR2YCrCb``)
+  / 255. H and W are dynamic and must be multiples of ``inputs.pad_multiple``; the runtime pads
+  (reflect) and crops outputs back.
+* outputs: ``fused_y`` ``[N, 1, H, W]`` in [0, 1]; if the bundle has a detector, one triple of raw
+  head tensors per stride (see :class:`DetectionSpec`); if it has a segmenter, logits
+  ``[N, C, H, W]``. The semantic networks inside the graph see the colour image made of the
+  fused Y and the visible CrCb, as the runtime's colour restore does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMAT_VERSION = 1
+MODEL_YAML = "model.yaml"
+
+
+class BundleError(RuntimeError):
+    """A model bundle is missing, unreadable or does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    ir_name: str = "ir"
+    visible_name: str = "visible_ycrcb"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    # 0 means dynamic; otherwise the graph was exported for this fixed size only.
+    height: int = 0
+    width: int = 0
+    # Dynamic H and W must be padded up to a multiple of this (the detector's largest stride).
+    pad_multiple: int = 32
+
+
+@dataclass(frozen=True)
+class DetectionLevel:
+    stride: int
+    cls: str  # [N, num_classes, H/s, W/s] logits
+    box: str  # [N, 4, H/s, W/s] (l, t, r, b) distances in units of the stride, >= 0
+    ctr: str  # [N, 1, H/s, W/s] centerness logits
+
+
+@dataclass(frozen=True)
+class DetectionSpec:
+    """Raw anchor-free (FCOS-style) head outputs, decoded by the runtime.
+
+    For the cell (i, j) of a level with stride s, the anchor point is ((j + 0.5) s, (i + 0.5) s)
+    and the box is (x - l s, y - t s, x + r s, y + b s) in padded-input pixels.
+    The score of class c is sqrt(sigmoid(cls_c) * sigmoid(ctr)).
+    """
+
+    classes: tuple[str, ...]
+    levels: tuple[DetectionLevel, ...]
+    box_encoding: str = "ltrb_stride"
+    score_threshold: float = 0.3
+    nms_iou: float = 0.5
+    max_detections: int = 100
+
+
+@dataclass(frozen=True)
+class SegmentationSpec:
+    classes: tuple[str, ...]
+    # One RGB triple per class; index 0 is usually background.
+    palette: tuple[tuple[int, int, int], ...]
+    logits: str = "seg_logits"
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    name: str
+    onnx_path: Path
+    inputs: InputSpec
+    fused_name: str = "fused_y"
+    detection: DetectionSpec | None = None
+    segmentation: SegmentationSpec | None = None
+    # Free-form: training config, data, git commit, metrics measured at export.
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def folder(self) -> Path:
+        return self.onnx_path.parent
+
+    @property
+    def output_names(self) -> list[str]:
+        names = [self.fused_name]
+        if self.detection is not None:
+            for level in self.detection.levels:
+                names += [level.cls, level.box, level.ctr]
+        if self.segmentation is not None:
+            names.append(self.segmentation.logits)
+        return names
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise BundleError(f"{where}: unknown keys {sorted(unknown)}")
+    try:
+        return cls(**{k: _as_tuple(v) for k, v in data.items()})
+    except TypeError as exc:
+        raise BundleError(f"{where}: {exc}") from exc
+
+
+def load_bundle(path: str | Path) -> ModelBundle:
+    """Read and validate a bundle from its folder (or its model.yaml path)."""
+    path = Path(path)
+    yaml_path = path / MODEL_YAML if path.is_dir() else path
+    if not yaml_path.is_file():
+        raise BundleError(f"no {MODEL_YAML} at {yaml_path}")
+    try:
+        data = yaml.safe_load(yaml_path.read_text())
+    except yaml.YAMLError as exc:
+        raise BundleError(f"{yaml_path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{yaml_path}: expected a mapping at the top level")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{yaml_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    onnx_path = yaml_path.parent / str(data.get("onnx", "model.onnx"))
+    if not onnx_path.is_file():
+        raise BundleError(f"{yaml_path}: ONNX file {onnx_path} is missing")
+    detection = None
+    if data.get("detection"):
+        det = dict(data["detection"])
+        det["levels"] = tuple(
+            _build(DetectionLevel, lvl, f"{yaml_path}: detection.levels")
+            for lvl in det.get("levels", [])
+        )
+        if not det["levels"]:
+            raise BundleError(f"{yaml_path}: detection has no levels")
+        detection = _build(DetectionSpec, det, f"{yaml_path}: detection")
+    segmentation = None
+    if data.get("segmentation"):
+        segmentation = _build(SegmentationSpec, data["segmentation"], f"{yaml_path}: segmentation")
+        if len(segmentation.palette) != len(segmentation.classes):
+            raise BundleError(f"{yaml_path}: segmentation palette and classes differ in length")
+    return ModelBundle(
+        name=str(data.get("name", yaml_path.parent.name)),
+        onnx_path=onnx_path,
+        inputs=_build(InputSpec, data.get("inputs", {}), f"{yaml_path}: inputs"),
+        fused_name=str(data.get("fused_name", "fused_y")),
+        detection=detection,
+        segmentation=segmentation,
+        provenance=dict(data.get("provenance") or {}),
+        format_version=FORMAT_VERSION,
+    )
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def bundle_to_dict(bundle: ModelBundle) -> dict[str, Any]:
+    return {
+        "format_version": bundle.format_version,
+        "name": bundle.name,
+        "onnx": bundle.onnx_path.name,
+        "inputs": _plain(bundle.inputs),
+        "fused_name": bundle.fused_name,
+        "detection": _plain(bundle.detection) if bundle.detection else None,
+        "segmentation": _plain(bundle.segmentation) if bundle.segmentation else None,
+        "provenance": _plain(bundle.provenance),
+    }
+
+
+def save_bundle(bundle: ModelBundle, folder: str | Path | None = None) -> Path:
+    """Write model.yaml next to the bundle's ONNX file (which must already be there)."""
+    folder = Path(folder) if folder is not None else bundle.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    yaml_path = folder / MODEL_YAML
+    yaml_path.write_text(yaml.safe_dump(bundle_to_dict(bundle), sort_keys=False))
+    return yaml_path
