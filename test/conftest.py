@@ -32,3 +32,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fixture_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the untrained "fixture" bundle (max fusion, hand-set heads): fixture_bundle.py."""
+    from fixture_bundle import make_fixture_bundle
+
+    return make_fixture_bundle(tmp_path_factory.mktemp("fixture_bundle"))
