@@ -1,0 +1,339 @@
+"""sensor_msgs/Image <-> numpy, for every common encoding, plus thermal automatic gain control.
+
+The pure functions (:func:`decode`, :func:`encode`, :class:`AutoGain`, :func:`to_mono8`,
+:func:`to_bgr8`) need only numpy and OpenCV. :func:`msg_to_array` and :func:`array_to_msg` are
+thin wrappers over a ``sensor_msgs.msg.Image`` and need ROS only when called.
+
+Conventions:
+
+* ``decode`` returns a view of the message buffer whenever the layout allows (8-bit data,
+  16-bit/float in native byte order); such views are read-only when the buffer is ``bytes``.
+  Callers that write in place must copy first.
+* yuv422 is UYVY (ROS ``yuv422``/``UYVY``), ``yuv422_yuy2`` is YUYV; both, and the four Bayer
+  patterns, decode to bgr8. Their ``encode`` is lossy (chroma subsampling, demosaicing).
+* Bayer names follow ROS (``bayer_rggb8``: the top-left 2x2 cell is R G / G B). OpenCV's
+  ``COLOR_BayerRGGB2BGR`` is the matching conversion (its older alias is ``BayerBG2BGR``).
+"""
+
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+try:  # Only the thin message wrappers need ROS; the pure functions work without it.
+    from sensor_msgs.msg import Image as _ImageMsg
+except ImportError:  # pragma: no cover - exercised only where ROS is absent
+    _ImageMsg = None
+
+
+class ImageCodecError(ValueError):
+    """An image message cannot be decoded or an array cannot be encoded as asked."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    channels: int
+    dtype: np.dtype  # element type in the message, little-endian form
+    # Converter to bgr8 after reading the raw elements, or None if returned as read.
+    to_bgr: int | None = None
+    # Raw layout channel count when it differs from `channels` (packed yuv: 2 bytes/pixel).
+    raw_channels: int | None = None
+
+
+_U8 = np.dtype(np.uint8)
+_U16 = np.dtype("<u2")
+_F32 = np.dtype("<f4")
+
+_LAYOUTS: dict[str, _Layout] = {
+    "mono8": _Layout(1, _U8),
+    "8UC1": _Layout(1, _U8),
+    "mono16": _Layout(1, _U16),
+    "16UC1": _Layout(1, _U16),
+    "32FC1": _Layout(1, _F32),
+    "rgb8": _Layout(3, _U8),
+    "bgr8": _Layout(3, _U8),
+    "rgba8": _Layout(4, _U8),
+    "bgra8": _Layout(4, _U8),
+    "yuv422": _Layout(3, _U8, cv2.COLOR_YUV2BGR_UYVY, raw_channels=2),
+    "yuv422_yuy2": _Layout(3, _U8, cv2.COLOR_YUV2BGR_YUYV, raw_channels=2),
+    "bayer_rggb8": _Layout(3, _U8, cv2.COLOR_BayerRGGB2BGR, raw_channels=1),
+    "bayer_bggr8": _Layout(3, _U8, cv2.COLOR_BayerBGGR2BGR, raw_channels=1),
+    "bayer_gbrg8": _Layout(3, _U8, cv2.COLOR_BayerGBRG2BGR, raw_channels=1),
+    "bayer_grbg8": _Layout(3, _U8, cv2.COLOR_BayerGRBG2BGR, raw_channels=1),
+}
+
+SUPPORTED_ENCODINGS: frozenset[str] = frozenset(_LAYOUTS)
+
+# Colour channel offsets of the 2x2 Bayer cell, (row, col) of R and of B; G fills the rest.
+_BAYER_RB: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "bayer_rggb8": ((0, 0), (1, 1)),
+    "bayer_bggr8": ((1, 1), (0, 0)),
+    "bayer_gbrg8": ((1, 0), (0, 1)),
+    "bayer_grbg8": ((0, 1), (1, 0)),
+}
+
+_THERMAL_ENCODINGS = frozenset({"mono16", "16UC1", "32FC1"})
+_MONO8_ENCODINGS = frozenset({"mono8", "8UC1"})
+
+
+def _layout(encoding: str) -> _Layout:
+    try:
+        return _LAYOUTS[encoding]
+    except KeyError:
+        raise ImageCodecError(
+            f"unsupported image encoding {encoding!r}; supported: {sorted(SUPPORTED_ENCODINGS)}"
+        ) from None
+
+
+def decode(
+    height: int, width: int, encoding: str, step: int, is_bigendian: int | bool, data: Any
+) -> np.ndarray:
+    """Decode the fields of a sensor_msgs/Image into an array (see the module docstring)."""
+    layout = _layout(encoding)
+    height, width, step = int(height), int(width), int(step)
+    if height <= 0 or width <= 0:
+        raise ImageCodecError(f"{encoding} image has zero or negative size {width}x{height}")
+    raw_channels = layout.raw_channels or layout.channels
+    if layout.raw_channels == 2 and width % 2:
+        raise ImageCodecError(
+            f"{encoding} needs an even width (2 pixels share chroma), got {width}"
+        )
+    itemsize = layout.dtype.itemsize
+    row_bytes = width * raw_channels * itemsize
+    if step < row_bytes:
+        raise ImageCodecError(
+            f"{encoding} {width}x{height}: step {step} is smaller than one row ({row_bytes} bytes)"
+        )
+    try:
+        buffer = memoryview(data).cast("B")
+    except TypeError as exc:
+        raise ImageCodecError(f"image data of type {type(data).__name__} is not a buffer") from exc
+    # The last row need not carry its padding; ROS says len == step * height, we accept less.
+    needed = step * (height - 1) + row_bytes
+    if buffer.nbytes < needed:
+        raise ImageCodecError(
+            f"{encoding} {width}x{height} step {step}: data has {buffer.nbytes} bytes, "
+            f"needs {needed}"
+        )
+    dtype = layout.dtype
+    big_endian_data = bool(is_bigendian) and itemsize > 1
+    if big_endian_data:
+        dtype = dtype.newbyteorder(">")
+    shape: tuple[int, ...] = (height, width)
+    strides: tuple[int, ...] = (step, raw_channels * itemsize)
+    if raw_channels > 1:
+        shape += (raw_channels,)
+        strides += (itemsize,)
+    aligned = step % itemsize == 0
+    if aligned:
+        image = np.ndarray(shape, dtype=dtype, buffer=buffer, strides=strides)
+    else:
+        # Odd strides for multi-byte elements: read rows as bytes, then reinterpret a copy.
+        rows = np.ndarray((height, row_bytes), dtype=_U8, buffer=buffer, strides=(step, 1))
+        image = np.ascontiguousarray(rows).view(dtype).reshape(shape)
+    if not image.dtype.isnative:
+        image = image.astype(image.dtype.newbyteorder("="))
+    if layout.to_bgr is not None:
+        # cvtColor wants each row contiguous; row padding (step) is fine.
+        return cv2.cvtColor(image, layout.to_bgr)
+    return image
+
+
+def _bgr_to_bayer(bgr: np.ndarray, encoding: str) -> np.ndarray:
+    (r_row, r_col), (b_row, b_col) = _BAYER_RB[encoding]
+    mosaic = bgr[:, :, 1].copy()
+    mosaic[r_row::2, r_col::2] = bgr[r_row::2, r_col::2, 2]
+    mosaic[b_row::2, b_col::2] = bgr[b_row::2, b_col::2, 0]
+    return mosaic
+
+
+def encode(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
+    """Encode an array as (height, width, step, data) in little-endian, unpadded rows.
+
+    The array must have the shape and dtype :func:`decode` returns for ``encoding``; yuv422*
+    and bayer* take a bgr8 HxWx3 array (lossy).
+    """
+    layout = _layout(encoding)
+    image = np.asarray(array_in)
+    expected_channels = layout.channels
+    expected_dtype = np.dtype(layout.dtype.newbyteorder("="))
+    if image.ndim == 3 and image.shape[2] == 1 and expected_channels == 1:
+        image = image[:, :, 0]
+    expected_ndim = 2 if expected_channels == 1 else 3
+    if (
+        image.ndim != expected_ndim
+        or (expected_ndim == 3 and image.shape[2] != expected_channels)
+        or image.dtype != expected_dtype
+    ):
+        wanted = "HxW" if expected_channels == 1 else f"HxWx{expected_channels}"
+        raise ImageCodecError(
+            f"cannot encode {image.dtype} array of shape {image.shape} as {encoding}: "
+            f"expected {expected_dtype} {wanted}"
+        )
+    height, width = image.shape[:2]
+    if height == 0 or width == 0:
+        raise ImageCodecError(f"cannot encode an empty {width}x{height} image")
+    if layout.raw_channels == 2:
+        if width % 2:
+            raise ImageCodecError(f"{encoding} needs an even width, got {width}")
+        code = cv2.COLOR_BGR2YUV_UYVY if encoding == "yuv422" else cv2.COLOR_BGR2YUV_YUYV
+        image = cv2.cvtColor(np.ascontiguousarray(image), code)
+    elif layout.raw_channels == 1:
+        image = _bgr_to_bayer(image, encoding)
+    image = np.ascontiguousarray(image, dtype=layout.dtype)
+    step = image.strides[0]
+    return height, width, step, image.tobytes()
+
+
+def msg_to_array(msg: Any) -> np.ndarray:
+    """Decode a sensor_msgs/Image (zero-copy where :func:`decode` can)."""
+    return decode(msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian, msg.data)
+
+
+def array_to_msg(array_in: np.ndarray, encoding: str, header: Any = None) -> Any:
+    """Build a sensor_msgs/Image; ``header`` (std_msgs/Header) is copied in when given."""
+    if _ImageMsg is None:
+        raise ImportError("sensor_msgs is not importable; array_to_msg needs ROS 2 messages")
+    height, width, step, data = encode(array_in, encoding)
+    msg = _ImageMsg()
+    if header is not None:
+        msg.header = header
+    msg.height = height
+    msg.width = width
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = step
+    # The generated setter keeps an array.array('B') as is; bytes or lists go through a
+    # per-element check that is orders of magnitude slower on a 640x512 image.
+    buffer = array.array("B")
+    buffer.frombytes(data)
+    msg.data = buffer
+    return msg
+
+
+@dataclass
+class GainControl:
+    """Percentile stretch settings for 16-bit and float thermal images."""
+
+    low_percentile: float = 1.0
+    high_percentile: float = 99.0
+    # Exponential smoothing of the limits across frames (0 = off, 0.9 = slow), so that a hot
+    # object entering the view does not make the whole scene flicker.
+    smoothing: float = 0.0
+    # Percentiles are estimated on at most about this many pixels (a regular subsample).
+    max_samples: int = 40_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
+            raise ValueError(
+                f"need 0 <= low_percentile < high_percentile <= 100, got "
+                f"{self.low_percentile}, {self.high_percentile}"
+            )
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+
+
+class AutoGain:
+    """Robust percentile stretch to uint8, with optional smoothing of the limits over frames.
+
+    NaN and inf pixels are ignored for the limits and map to 0. A constant image (or one with
+    no finite pixel) maps to zeros.
+    """
+
+    def __init__(self, config: GainControl | None = None) -> None:
+        self.config = config if config is not None else GainControl()
+        self.limits: tuple[float, float] | None = None
+
+    def reset(self) -> None:
+        self.limits = None
+
+    def _sample(self, image: np.ndarray) -> np.ndarray:
+        total = image.shape[0] * image.shape[1]
+        stride = max(1, int(np.ceil(np.sqrt(total / max(1, self.config.max_samples)))))
+        sample = image[::stride, ::stride].ravel()
+        if sample.dtype.kind == "f":
+            sample = sample[np.isfinite(sample)]
+        return sample
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim != 2 or image.size == 0:
+            raise ImageCodecError(f"gain control needs a non-empty HxW image, got {image.shape}")
+        sample = self._sample(image)
+        if sample.size == 0:  # no finite pixel at all
+            return np.zeros(image.shape, np.uint8)
+        low, high = np.percentile(sample, [self.config.low_percentile, self.config.high_percentile])
+        low, high = float(low), float(high)
+        if self.limits is not None and self.config.smoothing > 0.0:
+            keep = self.config.smoothing
+            low = keep * self.limits[0] + (1.0 - keep) * low
+            high = keep * self.limits[1] + (1.0 - keep) * high
+        self.limits = (low, high)
+        if not high > low:
+            return np.zeros(image.shape, np.uint8)
+        scale = 255.0 / (high - low)
+        if image.dtype == np.uint16 or image.dtype == np.uint8:
+            # A lookup table over every possible value is cheaper than float maths per pixel.
+            levels = np.arange(256 if image.dtype == np.uint8 else 65536, dtype=np.float32)
+            lut = np.clip(np.rint((levels - low) * scale), 0, 255).astype(np.uint8)
+            return np.take(lut, image)
+        stretched = (image.astype(np.float32, copy=False) - np.float32(low)) * np.float32(scale)
+        stretched = np.nan_to_num(stretched, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
+
+
+_TO_GREY = {
+    "rgb8": cv2.COLOR_RGB2GRAY,
+    "bgr8": cv2.COLOR_BGR2GRAY,
+    "rgba8": cv2.COLOR_RGBA2GRAY,
+    "bgra8": cv2.COLOR_BGRA2GRAY,
+}
+_TO_BGR = {
+    "rgb8": cv2.COLOR_RGB2BGR,
+    "rgba8": cv2.COLOR_RGBA2BGR,
+    "bgra8": cv2.COLOR_BGRA2BGR,
+}
+
+
+def _check_decoded(image: np.ndarray, encoding: str) -> _Layout:
+    layout = _layout(encoding)
+    expected_ndim = 2 if layout.channels == 1 else 3
+    if image.ndim != expected_ndim or (expected_ndim == 3 and image.shape[2] != layout.channels):
+        raise ImageCodecError(
+            f"array of shape {image.shape} does not match encoding {encoding} "
+            f"({layout.channels} channel(s))"
+        )
+    return layout
+
+
+def to_mono8(image: np.ndarray, encoding: str, gain: AutoGain | None = None) -> np.ndarray:
+    """Thermal/grey input as uint8 HxW: 8-bit passes through, colour becomes grey,
+    16-bit and float go through gain control (a one-off default stretch when ``gain`` is None).
+
+    ``image`` is what :func:`decode` returned for ``encoding``.
+    """
+    _check_decoded(image, encoding)
+    if encoding in _MONO8_ENCODINGS:
+        return image
+    if encoding in _THERMAL_ENCODINGS:
+        return (gain if gain is not None else AutoGain())(image)
+    # yuv422* and bayer* were already converted to bgr8 by decode.
+    return cv2.cvtColor(image, _TO_GREY.get(encoding, cv2.COLOR_BGR2GRAY))
+
+
+def to_bgr8(image: np.ndarray, encoding: str, gain: AutoGain | None = None) -> np.ndarray:
+    """Any decoded image as uint8 HxWx3 BGR (grey and thermal replicated to three channels)."""
+    _check_decoded(image, encoding)
+    if encoding in _MONO8_ENCODINGS or encoding in _THERMAL_ENCODINGS:
+        return cv2.cvtColor(
+            np.ascontiguousarray(to_mono8(image, encoding, gain)), cv2.COLOR_GRAY2BGR
+        )
+    if encoding in _TO_BGR:
+        return cv2.cvtColor(image, _TO_BGR[encoding])
+    return image  # bgr8, or yuv/bayer already decoded to bgr8
