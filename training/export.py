@@ -1,0 +1,336 @@
+"""Checkpoint -> model bundle (model.yaml + model.onnx + model.pt), with an ORT parity check.
+
+    python -m training.export --checkpoint CKPT --out models/<name> [--name N] [--opset 17]
+        [--dynamic] [--check-parity]
+        [--tensorrt [--fp16] [--int8 --calib DIR] [--timing-cache PATH]]
+
+The checkpoint is what the trainer saves: {"architecture": {...}, "fusion": state_dict,
+"detector": state_dict | None, "segmenter": state_dict | None, "config": dict, "step": int,
+...}; optional "metrics" and "data" keys are copied into the bundle's provenance.
+
+The ONNX graph always has dynamic H and W (the runtime pads to ``pad_multiple``); ``--dynamic``
+also makes the batch axis dynamic (default: batch 1, what the node feeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ros2_bilevel_fusion.bundle import (
+    DetectionLevel,
+    DetectionSpec,
+    InputSpec,
+    ModelBundle,
+    SegmentationSpec,
+    load_bundle,
+    save_bundle,
+)
+from training.models import (
+    DETECTION_CLASSES,
+    SEGMENTATION_CLASSES,
+    SEGMENTATION_PALETTE,
+    ExportModel,
+    build_detector,
+    build_fusion,
+    build_segmenter,
+)
+
+INPUT_NAMES = ("ir", "visible_ycrcb")
+PAD_MULTIPLE = 32
+DEFAULT_PARITY_SIZES: tuple[tuple[int, int], ...] = ((256, 320), (480, 640))
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """HEAD of the repository holding this file ("unknown" outside a git checkout)."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> ExportModel:
+    """ExportModel.from_parts with the trainer's state dicts loaded (strictly)."""
+    architecture = checkpoint["architecture"]
+    fusion = build_fusion(architecture["fusion"])
+    fusion.load_state_dict(checkpoint["fusion"])
+    detector = segmenter = None
+    if architecture.get("detector"):
+        if checkpoint.get("detector") is None:
+            raise ValueError("architecture has a detector but the checkpoint has no weights")
+        detector = build_detector(int(architecture["detector"]["num_classes"]))
+        detector.load_state_dict(checkpoint["detector"])
+    if architecture.get("segmenter"):
+        if checkpoint.get("segmenter") is None:
+            raise ValueError("architecture has a segmenter but the checkpoint has no weights")
+        segmenter = build_segmenter(int(architecture["segmenter"]["num_classes"]))
+        segmenter.load_state_dict(checkpoint["segmenter"])
+    return ExportModel.from_parts(fusion, detector, segmenter, architecture).eval()
+
+
+def bundle_spec(
+    model: ExportModel,
+    onnx_path: Path,
+    *,
+    name: str,
+    provenance: dict[str, Any],
+    score_threshold: float = 0.3,
+    nms_iou: float = 0.5,
+) -> ModelBundle:
+    detection = None
+    if model.detector is not None:
+        num_classes = model.detector.num_classes
+        classes = (
+            DETECTION_CLASSES
+            if num_classes == len(DETECTION_CLASSES)
+            else tuple(f"class_{i}" for i in range(num_classes))
+        )
+        detection = DetectionSpec(
+            classes=classes,
+            levels=tuple(
+                DetectionLevel(
+                    stride=s, cls=f"det_cls_s{s}", box=f"det_box_s{s}", ctr=f"det_ctr_s{s}"
+                )
+                for s in model.detector.strides
+            ),
+            score_threshold=score_threshold,
+            nms_iou=nms_iou,
+        )
+    segmentation = None
+    if model.segmenter is not None:
+        num_classes = model.segmenter.num_classes
+        if num_classes == len(SEGMENTATION_CLASSES):
+            classes, palette = SEGMENTATION_CLASSES, SEGMENTATION_PALETTE
+        else:
+            classes = tuple(f"class_{i}" for i in range(num_classes))
+            rng = np.random.default_rng(0)
+            palette = tuple(tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in classes)
+        segmentation = SegmentationSpec(classes=classes, palette=palette, logits="seg_logits")
+    return ModelBundle(
+        name=name,
+        onnx_path=onnx_path,
+        inputs=InputSpec(pad_multiple=PAD_MULTIPLE),
+        fused_name="fused_y",
+        detection=detection,
+        segmentation=segmentation,
+        provenance=provenance,
+    )
+
+
+def _sample_inputs(hw: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    height, width = hw
+    ir = torch.rand(1, 1, height, width, generator=generator)
+    visible = torch.rand(1, 3, height, width, generator=generator)
+    return ir, visible
+
+
+def export_onnx(
+    model: ExportModel,
+    onnx_path: Path,
+    *,
+    opset: int = 17,
+    sample_hw: tuple[int, int] = (256, 320),
+    dynamic_batch: bool = False,
+) -> Path:
+    """torch.onnx.export (TorchScript exporter) with dynamic H/W, then onnx.checker."""
+    import onnx
+
+    model = model.eval()
+    output_names = model.output_names
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    for tensor_name in (*INPUT_NAMES, *output_names):
+        axes = {2: f"{tensor_name}_height", 3: f"{tensor_name}_width"}
+        if tensor_name in INPUT_NAMES:
+            axes = {2: "height", 3: "width"}
+        if dynamic_batch:
+            axes[0] = "batch"
+        dynamic_axes[tensor_name] = axes
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo (needs onnxscript, which is
+        # not installed); it is still the one that handles dynamic H/W in these graphs cleanly.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            _sample_inputs(sample_hw),
+            str(onnx_path),
+            input_names=list(INPUT_NAMES),
+            output_names=output_names,
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+    return onnx_path
+
+
+def export_bundle(
+    model: ExportModel,
+    out_dir: Path,
+    *,
+    name: str,
+    provenance: dict[str, Any],
+    opset: int = 17,
+    sample_hw: tuple[int, int] = (256, 320),
+    dynamic_batch: bool = False,
+) -> Path:
+    """Write model.onnx, model.pt (ExportModel state_dict) and model.yaml into out_dir.
+
+    provenance gets "architecture" (from the model), "git_commit", "exported_at", "opset"
+    added when absent; pass the training config, data and metrics in it.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    onnx_path = export_onnx(
+        model, out_dir / "model.onnx", opset=opset, sample_hw=sample_hw,
+        dynamic_batch=dynamic_batch,
+    )
+    torch.save(model.state_dict(), out_dir / "model.pt")
+    full_provenance = dict(provenance)
+    full_provenance.setdefault("architecture", model.architecture)
+    full_provenance.setdefault("git_commit", git_commit())
+    full_provenance.setdefault(
+        "exported_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
+    full_provenance.setdefault("opset", opset)
+    full_provenance.setdefault("torch_state_dict", "model.pt")
+    bundle = bundle_spec(model, onnx_path, name=name, provenance=full_provenance)
+    save_bundle(bundle, out_dir)
+    load_bundle(out_dir)  # fail here, not in the node, if the written bundle is invalid
+    return out_dir
+
+
+def check_parity(
+    model: ExportModel,
+    bundle_dir: Path,
+    hw_list: tuple[tuple[int, int], ...] | list[tuple[int, int]] = DEFAULT_PARITY_SIZES,
+) -> dict[str, Any]:
+    """Max abs difference per output between ORT (CPU) on the bundle and torch on the model.
+
+    Returns {"HxW": {output_name: max_abs_diff, ...}, ..., "max": {output_name: worst}}.
+    Sizes must be multiples of the bundle's pad_multiple.
+    """
+    import onnxruntime as ort
+
+    bundle = load_bundle(bundle_dir)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(bundle.onnx_path), options, providers=["CPUExecutionProvider"]
+    )
+    names = bundle.output_names
+    model = model.eval()
+    report: dict[str, Any] = {}
+    worst: dict[str, float] = {}
+    for index, hw in enumerate(hw_list):
+        ir, visible = _sample_inputs(tuple(hw), seed=index + 1)
+        with torch.no_grad():
+            expected = [t.numpy() for t in model(ir, visible)]
+        got = session.run(names, {"ir": ir.numpy(), "visible_ycrcb": visible.numpy()})
+        diffs = {}
+        for tensor_name, a, b in zip(names, expected, got, strict=True):
+            if a.shape != b.shape:
+                raise AssertionError(f"{tensor_name}: torch {a.shape} vs onnxruntime {b.shape}")
+            diffs[tensor_name] = float(np.abs(a - b).max())
+            worst[tensor_name] = max(worst.get(tensor_name, 0.0), diffs[tensor_name])
+        report[f"{hw[0]}x{hw[1]}"] = diffs
+    report["max"] = worst
+    return report
+
+
+def _build_tensorrt(args: argparse.Namespace, onnx_path: Path) -> Path:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        sys.exit("--tensorrt: the tensorrt module is not importable here (it needs an NVIDIA "
+                 "GPU and TensorRT 10); build the engine on the target, the node does it on "
+                 "first start.")
+    from ros2_bilevel_fusion.backends.tensorrt_backend import build_engine
+
+    calibrator = None
+    if args.int8:
+        if not args.calib:
+            sys.exit("--int8 needs --calib DIR (folder of calibration image pairs)")
+        from ros2_bilevel_fusion.backends import tensorrt_backend
+
+        make_calibrator = getattr(tensorrt_backend, "make_int8_calibrator", None)
+        if make_calibrator is None:
+            sys.exit("--int8: tensorrt_backend provides no make_int8_calibrator(calib_dir)")
+        calibrator = make_calibrator(Path(args.calib))
+    engine = build_engine(
+        onnx_path,
+        fp16=args.fp16,
+        int8_calibrator=calibrator,
+        timing_cache_path=Path(args.timing_cache) if args.timing_cache else None,
+        min_hw=(256, 256),
+        opt_hw=(480, 640),
+        max_hw=(1088, 1920),
+    )
+    engine_path = onnx_path.with_suffix(".engine")
+    engine_path.write_bytes(engine)
+    return engine_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
+    parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument("--name", default=None, help="bundle name (default: folder name)")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch axis as well")
+    parser.add_argument("--check-parity", action="store_true", help="ORT vs torch report")
+    parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine")
+    parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--calib", default=None, help="calibration data folder for --int8")
+    parser.add_argument("--timing-cache", default=None)
+    args = parser.parse_args(argv)
+
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    model = model_from_checkpoint(checkpoint)
+    out_dir = Path(args.out)
+    provenance: dict[str, Any] = {
+        "architecture": checkpoint["architecture"],
+        "checkpoint": str(args.checkpoint),
+        "step": checkpoint.get("step"),
+        "config": checkpoint.get("config", {}),
+    }
+    for key in ("data", "metrics"):
+        if key in checkpoint:
+            provenance[key] = checkpoint[key]
+    export_bundle(
+        model, out_dir, name=args.name or out_dir.name, provenance=provenance,
+        opset=args.opset, dynamic_batch=args.dynamic,
+    )
+    print(f"wrote bundle {out_dir} (model.yaml, model.onnx, model.pt)")
+    if args.check_parity:
+        report = check_parity(model, out_dir)
+        for size, diffs in report.items():
+            line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+            print(f"parity ORT vs torch, max abs diff, {size}: {line}")
+        if report["max"]["fused_y"] >= 1e-3:
+            print("parity FAILED: fused_y differs by >= 1e-3", file=sys.stderr)
+            return 1
+    if args.tensorrt:
+        print(f"wrote TensorRT engine {_build_tensorrt(args, out_dir / 'model.onnx')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
