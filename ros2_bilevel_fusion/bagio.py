@@ -1,0 +1,342 @@
+"""rosbag2 reading and writing with ``rosbags`` (no ROS bag libraries needed).
+
+Pure helpers shared by the replayer, the pairs-to-bag converter, the recorder and evaluation:
+
+* :func:`read_bag` yields :class:`BagMessage` (topic, type, receive timestamp, raw CDR bytes) from a
+  rosbag2 folder (sqlite3 or mcap, compressed or not); :meth:`BagMessage.decode` gives the
+  ``rosbags`` message and :func:`raw_to_rclpy` the rclpy one (the CDR bytes are the same, so this is
+  one C call, no per-field copy).
+* :class:`ImageBagWriter` writes ``sensor_msgs/msg/Image`` messages from numpy arrays.
+* :func:`image_msg_to_array` / :func:`array_to_image_fields` convert any Image-like message (rosbags
+  or rclpy; both have height, width, encoding, step, data) to and from numpy.
+* The label side-car (``labels.json`` inside the bag folder): ``{visible_stamp_ns: [{"class": int,
+  "cx": float, "cy": float, "w": float, "h": float}, ...]}`` with box centre and size in pixels of
+  the image as stored in the bag. :func:`read_label_sidecar` returns it with integer keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
+from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys.store import Typestore
+
+IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
+LABELS_SIDECAR = "labels.json"
+# rosbag2 metadata version written by ROS 2 Kilted (the distro our wheels come from).
+BAG_VERSION = 9
+
+# encoding -> (numpy dtype, channels)
+IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgb8": (np.dtype(np.uint8), 3),
+    "8UC3": (np.dtype(np.uint8), 3),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+
+
+class BagError(RuntimeError):
+    """A bag is missing, unreadable or holds something we cannot convert."""
+
+
+@functools.cache
+def typestore() -> Typestore:
+    """The Kilted message definitions (sensor_msgs, std_msgs, rosgraph_msgs, ...)."""
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    topic: str
+    msgtype: str
+    timestamp_ns: int  # the bag's record time (not the header stamp)
+    raw: bytes  # CDR, exactly as rclpy serialises it
+
+    def decode(self) -> Any:
+        """The rosbags dataclass of this message."""
+        return typestore().deserialize_cdr(self.raw, self.msgtype)
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    msgtype: str
+    count: int
+
+
+def _open_reader(bag: Path) -> Reader:
+    bag = Path(bag)
+    if not (bag / "metadata.yaml").is_file():
+        raise BagError(f"{bag} is not a rosbag2 folder (no metadata.yaml)")
+    try:
+        return Reader(bag)
+    except Exception as exc:  # rosbags raises several types for a broken bag
+        raise BagError(f"cannot open bag {bag}: {exc}") from exc
+
+
+def bag_topics(bag: Path) -> dict[str, TopicInfo]:
+    """Topics of a bag with their type and message count."""
+    with _open_reader(bag) as reader:
+        return {
+            topic: TopicInfo(msgtype=info.msgtype or "", count=info.msgcount)
+            for topic, info in reader.topics.items()
+        }
+
+
+def read_bag(bag: Path, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
+    """Messages in record-time order, optionally only from ``topics``."""
+    with _open_reader(bag) as reader:
+        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        if topics is not None and not connections:
+            raise BagError(f"{bag}: none of the topics {list(topics)} are in the bag")
+        for connection, timestamp, raw in reader.messages(connections=connections):
+            yield BagMessage(connection.topic, connection.msgtype, int(timestamp), bytes(raw))
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time (rosbags or rclpy) -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def header_stamp_ns(msg: Any) -> int:
+    return stamp_to_ns(msg.header.stamp)
+
+
+def image_msg_to_array(msg: Any) -> np.ndarray:
+    """An Image message (rosbags or rclpy) -> HxW or HxWxC numpy array (a copy).
+
+    Channel order is as encoded (bgr8 stays BGR). Padding at the end of rows (step larger than
+    width * pixel size) is removed.
+    """
+    encoding = str(msg.encoding)
+    if encoding not in IMAGE_ENCODINGS:
+        raise BagError(f"unsupported image encoding {encoding!r}")
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = width * channels * dtype.itemsize
+    buffer = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
+    if step < row_bytes or buffer.size < step * height:
+        raise BagError(
+            f"image data too short: {buffer.size} bytes for {height}x{width} {encoding} "
+            f"with step {step}"
+        )
+    rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
+    big_endian = bool(msg.is_bigendian)
+    pixel_dtype = dtype.newbyteorder(">" if big_endian else "<") if dtype.itemsize > 1 else dtype
+    array = np.ascontiguousarray(rows).view(pixel_dtype).astype(dtype, copy=False)
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return array.reshape(shape).copy()
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    height: int
+    width: int
+    encoding: str
+    step: int
+    data: np.ndarray  # flat uint8
+
+
+def array_to_image_fields(array: np.ndarray, encoding: str) -> ImageFields:
+    """numpy image -> the fields of a sensor_msgs/Image (little endian, no row padding)."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise BagError(f"unsupported image encoding {encoding!r}")
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    array = np.asarray(array)
+    expected_ndim = 2 if channels == 1 else 3
+    if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels):
+        raise BagError(f"array of shape {array.shape} does not fit encoding {encoding}")
+    if array.dtype != dtype:
+        raise BagError(f"array dtype {array.dtype} does not fit encoding {encoding} ({dtype})")
+    height, width = array.shape[:2]
+    data = np.ascontiguousarray(array.astype(dtype.newbyteorder("<"), copy=False)).view(np.uint8)
+    return ImageFields(
+        height=height,
+        width=width,
+        encoding=encoding,
+        step=width * channels * dtype.itemsize,
+        data=data.reshape(-1),
+    )
+
+
+def make_rosbags_image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Any:
+    """A rosbags sensor_msgs/msg/Image dataclass from a numpy image."""
+    types = typestore().types
+    fields = array_to_image_fields(array, encoding)
+    stamp = types["builtin_interfaces/msg/Time"](
+        sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000
+    )
+    return types[IMAGE_MSGTYPE](
+        header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id),
+        height=fields.height,
+        width=fields.width,
+        encoding=fields.encoding,
+        is_bigendian=0,
+        step=fields.step,
+        data=fields.data,
+    )
+
+
+@functools.cache
+def rclpy_message_class(msgtype: str) -> type:
+    """'sensor_msgs/msg/Image' -> the rclpy class sensor_msgs.msg.Image."""
+    package, kind, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ImportError, AttributeError) as exc:
+        raise BagError(f"message type {msgtype} is not available to rclpy: {exc}") from exc
+
+
+def raw_to_rclpy(raw: bytes, msgtype: str) -> Any:
+    """CDR bytes (from a bag) -> rclpy message."""
+    from rclpy.serialization import deserialize_message
+
+    return deserialize_message(raw, rclpy_message_class(msgtype))
+
+
+def rclpy_to_raw(msg: Any) -> bytes:
+    from rclpy.serialization import serialize_message
+
+    return serialize_message(msg)
+
+
+def rosbags_to_rclpy(msg: Any) -> Any:
+    """rosbags dataclass -> rclpy message, through CDR (fast: the data field is one memcpy)."""
+    raw = typestore().serialize_cdr(msg, msg.__msgtype__)
+    return raw_to_rclpy(bytes(raw), msg.__msgtype__)
+
+
+def rclpy_to_rosbags(msg: Any, msgtype: str) -> Any:
+    return typestore().deserialize_cdr(rclpy_to_raw(msg), msgtype)
+
+
+def make_rclpy_image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Any:
+    """An rclpy sensor_msgs/msg/Image from a numpy image."""
+    image_class = rclpy_message_class(IMAGE_MSGTYPE)
+    fields = array_to_image_fields(array, encoding)
+    msg = image_class()
+    msg.header.stamp.sec = stamp_ns // 1_000_000_000
+    msg.header.stamp.nanosec = stamp_ns % 1_000_000_000
+    msg.header.frame_id = frame_id
+    msg.height, msg.width, msg.encoding = fields.height, fields.width, fields.encoding
+    msg.is_bigendian, msg.step = 0, fields.step
+    msg.data = fields.data.tobytes()
+    return msg
+
+
+class ImageBagWriter:
+    """Write Image topics into a new rosbag2 folder.
+
+    ``compress`` uses zstd: chunk compression inside the file for mcap, whole-file compression
+    for sqlite3. rosbags and ``ros2 bag play`` read both.
+    """
+
+    def __init__(self, path: Path, storage: str = "sqlite3", compress: bool = False) -> None:
+        path = Path(path)
+        if path.exists():
+            raise BagError(f"{path} already exists; rosbag2 writes a new folder")
+        plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+        if storage not in plugins:
+            raise BagError(f"storage must be one of {sorted(plugins)}, not {storage!r}")
+        self.path = path
+        self._writer = Writer(path, version=BAG_VERSION, storage_plugin=plugins[storage])
+        if compress:
+            mode = CompressionMode.STORAGE if storage == "mcap" else CompressionMode.FILE
+            self._writer.set_compression(mode, CompressionFormat.ZSTD)
+        self._connections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> ImageBagWriter:
+        self._writer.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._writer.close()
+
+    def _connection(self, topic: str, msgtype: str) -> Any:
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=typestore()
+            )
+            self.counts[topic] = 0
+        return self._connections[topic]
+
+    def write_message(self, topic: str, msg: Any, record_time_ns: int) -> None:
+        """Write any rosbags message dataclass."""
+        connection = self._connection(topic, msg.__msgtype__)
+        self._writer.write(
+            connection, record_time_ns, typestore().serialize_cdr(msg, msg.__msgtype__)
+        )
+        self.counts[topic] += 1
+
+    def write_image(
+        self,
+        topic: str,
+        array: np.ndarray,
+        encoding: str,
+        stamp_ns: int,
+        frame_id: str,
+        record_time_ns: int | None = None,
+    ) -> None:
+        """Write one image; the record time defaults to the header stamp."""
+        msg = make_rosbags_image(array, encoding, stamp_ns, frame_id)
+        self.write_message(topic, msg, stamp_ns if record_time_ns is None else record_time_ns)
+
+
+def label_sidecar_path(bag: Path) -> Path:
+    return Path(bag) / LABELS_SIDECAR
+
+
+def write_label_sidecar(bag: Path, labels: dict[int, list[dict[str, float]]]) -> Path:
+    """Write ``labels.json`` into the bag folder (keys: visible header stamps in ns)."""
+    path = label_sidecar_path(bag)
+    payload = {str(int(stamp)): boxes for stamp, boxes in sorted(labels.items())}
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def read_label_sidecar(bag: Path) -> dict[int, list[dict[str, Any]]]:
+    """Ground-truth boxes by visible header stamp (ns); empty when the bag has no side-car.
+
+    Each box: ``{"class": int, "cx", "cy", "w", "h": float}`` in pixels of the bag's images.
+    """
+    path = label_sidecar_path(bag)
+    if not path.is_file():
+        return {}
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BagError(f"{path}: not valid JSON: {exc}") from exc
+    labels: dict[int, list[dict[str, Any]]] = {}
+    for stamp, boxes in payload.items():
+        labels[int(stamp)] = [
+            {
+                "class": int(box["class"]),
+                "cx": float(box["cx"]),
+                "cy": float(box["cy"]),
+                "w": float(box["w"]),
+                "h": float(box["h"]),
+            }
+            for box in boxes
+        ]
+    return labels
