@@ -1,0 +1,182 @@
+"""Backends on the untrained fixture bundle: results, I/O validation, clear errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ros2_bilevel_fusion.backends import BackendError, create_backend
+from ros2_bilevel_fusion.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
+from ros2_bilevel_fusion.bundle import BundleError, load_bundle
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _synthetic_inputs(height: int = 64, width: int = 96, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ir = rng.random((1, 1, height, width), dtype=np.float32)
+    vis = rng.random((1, 3, height, width), dtype=np.float32)
+    return ir, vis
+
+
+@pytest.fixture()
+def bundle_copy(fixture_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy the test may break."""
+    return Path(shutil.copytree(fixture_bundle, tmp_path / "bundle"))
+
+
+def test_onnxruntime_runs_fixture_and_returns_every_output(fixture_bundle: Path) -> None:
+    bundle = load_bundle(fixture_bundle)
+    backend = create_backend("onnxruntime", bundle, threads=1)
+    assert backend.name.startswith("onnxruntime:")
+    ir, vis = _synthetic_inputs()
+    out = backend.infer(ir, vis)
+    assert list(out) == bundle.output_names
+    assert all(v.dtype == np.float32 for v in out.values())
+    # The fixture's fusion is max(ir, Y): checks the graph and the name-to-output mapping.
+    np.testing.assert_allclose(out["fused_y"], np.maximum(ir, vis[:, :1]), atol=1e-6)
+    assert out["cls_s8"].shape == (1, 3, 8, 12)
+    assert out["box_s32"].shape == (1, 4, 2, 3)
+    assert out["ctr_s16"].shape == (1, 1, 4, 6)
+    assert out["seg_logits"].shape == (1, 4, 64, 96)
+    assert (out["box_s8"] >= 0).all()
+
+
+def test_auto_falls_back_to_onnxruntime_without_tensorrt(fixture_bundle: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorrt is installed here; auto would pick it when CUDA works")
+    backend = create_backend("auto", load_bundle(fixture_bundle), threads=1)
+    assert backend.name.startswith("onnxruntime")
+
+
+def test_unknown_kind_and_missing_tensorrt_are_clear_errors(fixture_bundle: Path) -> None:
+    bundle = load_bundle(fixture_bundle)
+    with pytest.raises(BackendError, match="unknown backend"):
+        create_backend("openvino", bundle)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendError, match="tensorrt is not installed"):
+            create_backend("tensorrt", bundle)
+
+
+def test_truncated_onnx_is_a_backend_error(bundle_copy: Path) -> None:
+    onnx_path = bundle_copy / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:200])
+    with pytest.raises(BackendError, match="corrupt or unsupported ONNX"):
+        create_backend("onnxruntime", load_bundle(bundle_copy))
+
+
+def test_onnx_deleted_after_loading_yaml_is_a_backend_error(bundle_copy: Path) -> None:
+    bundle = load_bundle(bundle_copy)
+    (bundle_copy / "model.onnx").unlink()
+    with pytest.raises(BackendError, match="missing"):
+        create_backend("onnxruntime", bundle)
+
+
+def test_broken_yaml_is_a_bundle_error(bundle_copy: Path) -> None:
+    (bundle_copy / "model.yaml").write_text("format_version: 1\ninputs: [unclosed\n")
+    with pytest.raises(BundleError, match="not valid YAML"):
+        load_bundle(bundle_copy)
+
+
+def _edit_yaml(folder: Path, edit) -> None:
+    path = folder / "model.yaml"
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_wrong_input_names_are_refused(bundle_copy: Path) -> None:
+    _edit_yaml(bundle_copy, lambda d: d["inputs"].update(ir_name="thermal"))
+    with pytest.raises(BackendError, match="graph inputs"):
+        create_backend("onnxruntime", load_bundle(bundle_copy))
+
+
+def test_output_named_in_yaml_but_absent_from_graph_is_refused(bundle_copy: Path) -> None:
+    _edit_yaml(bundle_copy, lambda d: d["segmentation"].update(logits="seg_probabilities"))
+    with pytest.raises(BackendError, match="seg_probabilities"):
+        create_backend("onnxruntime", load_bundle(bundle_copy))
+
+
+def test_bad_input_shapes_are_backend_errors(fixture_bundle: Path) -> None:
+    backend = OnnxRuntimeBackend(load_bundle(fixture_bundle), threads=1)
+    ir, vis = _synthetic_inputs()
+    with pytest.raises(BackendError, match="multiples of 32"):
+        backend.infer(ir[:, :, :50], vis[:, :, :50])
+    with pytest.raises(BackendError, match=r"\[N, 3, H, W\]"):
+        backend.infer(ir, vis[:, :1])
+    with pytest.raises(BackendError, match="differ"):
+        backend.infer(ir, vis[:, :, :32])
+
+
+def test_fixed_size_bundle_refuses_other_sizes(bundle_copy: Path) -> None:
+    _edit_yaml(bundle_copy, lambda d: d["inputs"].update(height=64, width=96))
+    backend = OnnxRuntimeBackend(load_bundle(bundle_copy), threads=1)
+    backend.infer(*_synthetic_inputs(64, 96))
+    with pytest.raises(BackendError, match="exported for 64x96"):
+        backend.infer(*_synthetic_inputs(96, 96))
+
+
+def test_provider_choice_prefers_cuda_and_keeps_cpu() -> None:
+    assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    chosen = choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], device=1)
+    assert chosen == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+
+
+def test_torch_backend_without_state_dict_is_a_clear_error(fixture_bundle: Path) -> None:
+    with pytest.raises(BackendError, match="model.pt"):
+        create_backend("torch", load_bundle(fixture_bundle))
+
+
+def test_torch_backend_with_unknown_architecture_is_a_clear_error(bundle_copy: Path) -> None:
+    (bundle_copy / "model.pt").write_bytes(b"synthetic, not a real state_dict")
+    with pytest.raises(BackendError, match="training|cannot build|torch"):
+        create_backend("torch", load_bundle(bundle_copy))
+
+
+def test_torch_matches_onnxruntime_on_default_bundle(repo_root: Path) -> None:
+    """Parity of the eager model and its ONNX export, where the trained bundle ships model.pt."""
+    folder = repo_root / "models" / "default"
+    if not (folder / "model.yaml").is_file() or not (folder / "model.pt").is_file():
+        pytest.skip("models/default with model.pt is not present (trained bundle not landed)")
+    pytest.importorskip("torch")
+    bundle = load_bundle(folder)
+    try:
+        torch_backend = create_backend("torch", bundle, threads=1)
+    except BackendError as exc:
+        pytest.skip(f"torch backend unavailable: {exc}")
+    ort_backend = create_backend("onnxruntime", bundle, threads=1)
+    ir, vis = _synthetic_inputs(64, 64, seed=3)
+    expected = ort_backend.infer(ir, vis)
+    actual = torch_backend.infer(ir, vis)
+    for name in bundle.output_names:
+        np.testing.assert_allclose(actual[name], expected[name], atol=2e-3, rtol=1e-3)
+
+
+def test_onnxruntime_path_imports_neither_torch_nor_tensorrt(fixture_bundle: Path) -> None:
+    code = (
+        "import sys\n"
+        "from ros2_bilevel_fusion.backends import create_backend\n"
+        "from ros2_bilevel_fusion.bundle import load_bundle\n"
+        f"create_backend('auto', load_bundle({str(fixture_bundle)!r}), threads=1)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'tensorrt' not in sys.modules, 'tensorrt imported'\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr

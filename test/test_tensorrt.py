@@ -1,0 +1,142 @@
+"""TensorRT backend: the engine cache key/header as pure functions everywhere; GPU parts only
+where tensorrt and a CUDA device exist (skipped here with the reason)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ros2_bilevel_fusion.backends import BackendError, create_backend, tensorrt_usable
+from ros2_bilevel_fusion.backends.tensorrt_backend import (
+    CACHE_MAGIC,
+    EngineKey,
+    calibration_pairs,
+    engine_cache_dirs,
+    engine_cache_name,
+    pack_engine_cache,
+    sha256_of_file,
+    unpack_engine_cache,
+    validate_profile,
+)
+from ros2_bilevel_fusion.bundle import load_bundle
+
+KEY = EngineKey(
+    trt_version="10.9.0.34",
+    gpu_name="NVIDIA GeForce RTX 4090",
+    precision="fp16",
+    onnx_sha256="ab" * 32,
+)
+
+
+def test_cache_name_carries_version_gpu_precision_and_hash_prefix() -> None:
+    name = engine_cache_name("model", KEY)
+    assert name == "model.trt10.9.0.34.nvidia-geforce-rtx-4090.fp16.abababababababab.engine"
+    assert "/" not in engine_cache_name("model", replace(KEY, gpu_name="a/b c"))
+    names = {
+        engine_cache_name("model", k)
+        for k in (
+            KEY,
+            replace(KEY, trt_version="10.10.0"),
+            replace(KEY, gpu_name="Orin"),
+            replace(KEY, precision="fp32"),
+            replace(KEY, onnx_sha256="cd" * 32),
+        )
+    }
+    assert len(names) == 5
+
+
+def test_cache_roundtrip_and_every_mismatch_is_refused() -> None:
+    engine = b"synthetic engine bytes"
+    data = pack_engine_cache(KEY, engine)
+    assert data.startswith(CACHE_MAGIC)
+    assert unpack_engine_cache(data, KEY) == engine
+    for stale in (
+        replace(KEY, trt_version="10.10.0"),
+        replace(KEY, gpu_name="Orin"),
+        replace(KEY, precision="fp32"),
+        replace(KEY, onnx_sha256="ab" * 31 + "ac"),  # same 16-char prefix, other full hash
+        replace(KEY, max_hw=(2176, 3840)),
+    ):
+        assert unpack_engine_cache(data, stale) is None
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        b"",
+        b"not a cache file at all",
+        CACHE_MAGIC + b"\xff\xff\xff\x00{}",  # header length past the end
+        CACHE_MAGIC + b"\x05\x00\x00\x00{nojs",  # header not JSON
+    ],
+)
+def test_corrupt_cache_files_are_refused(corrupt: bytes) -> None:
+    assert unpack_engine_cache(corrupt, KEY) is None
+
+
+def test_header_without_engine_is_refused() -> None:
+    assert unpack_engine_cache(pack_engine_cache(KEY, b""), KEY) is None
+
+
+def test_sha256_changes_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "synthetic.onnx"
+    path.write_bytes(b"one")
+    first = sha256_of_file(path)
+    path.write_bytes(b"two")
+    assert len(first) == 64 and sha256_of_file(path) != first
+
+
+def test_profile_validation() -> None:
+    validate_profile((32, 32), (480, 640), (1088, 1920), 32)
+    with pytest.raises(BackendError, match="min <= opt <= max"):
+        validate_profile((512, 32), (480, 640), (1088, 1920), 32)
+    with pytest.raises(BackendError, match="multiple of 32"):
+        validate_profile((32, 32), (481, 640), (1088, 1920), 32)
+
+
+def test_cache_dirs_start_beside_the_bundle(tmp_path: Path) -> None:
+    dirs = engine_cache_dirs(tmp_path)
+    assert dirs[0] == tmp_path and len(dirs) == 2
+
+
+def test_calibration_pairs_match_by_name(tmp_path: Path) -> None:
+    for sub in ("ir", "vi"):
+        (tmp_path / sub).mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "ir" / name).write_bytes(b"synthetic")
+    (tmp_path / "vi" / "a.png").write_bytes(b"synthetic")
+    assert calibration_pairs(tmp_path) == [(tmp_path / "ir" / "a.png", tmp_path / "vi" / "a.png")]
+    with pytest.raises(BackendError, match="no ir/"):
+        calibration_pairs(tmp_path / "ir")
+
+
+def _require_tensorrt() -> None:
+    usable, why = tensorrt_usable()
+    if not usable:
+        pytest.skip(f"TensorRT GPU path not testable here: {why}")
+
+
+def test_tensorrt_matches_onnxruntime_and_reuses_cache(fixture_bundle: Path, tmp_path: Path):
+    _require_tensorrt()
+    folder = Path(shutil.copytree(fixture_bundle, tmp_path / "bundle"))
+    bundle = load_bundle(folder)
+    rng = np.random.default_rng(0)
+    ir = rng.random((1, 1, 64, 96), dtype=np.float32)
+    vis = rng.random((1, 3, 64, 96), dtype=np.float32)
+    expected = create_backend("onnxruntime", bundle, threads=1).infer(ir, vis)
+    trt_backend = create_backend("tensorrt", bundle)
+    actual = trt_backend.infer(ir, vis)
+    for name in bundle.output_names:
+        np.testing.assert_allclose(actual[name], expected[name], atol=1e-4)
+    engine_path = trt_backend.engine_path
+    assert engine_path.is_file()
+    built_at = engine_path.stat().st_mtime_ns
+    assert create_backend("tensorrt", bundle).engine_path == engine_path
+    assert engine_path.stat().st_mtime_ns == built_at  # reused, not rebuilt
+    # A cache whose header does not match is rebuilt, never trusted.
+    engine_path.write_bytes(pack_engine_cache(replace(trt_backend.key, gpu_name="x"), b"junk"))
+    rebuilt = create_backend("tensorrt", bundle)
+    assert unpack_engine_cache(engine_path.read_bytes(), rebuilt.key) is not None
