@@ -1,0 +1,246 @@
+"""Detection mAP (COCO protocol, via pycocotools) and segmentation IoU (confusion matrix).
+
+Used by ``fusion-eval`` to score what a fusion model's detector and segmenter produce on the
+fused image against labelled data (MSRS YOLO boxes and person masks, or a bag's label side-car).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class SemanticInputError(ValueError):
+    """Predictions or ground truths are malformed (shapes, lengths, classes)."""
+
+
+def _boxes_of(entry: Mapping, with_scores: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes = np.asarray(entry.get("boxes", np.zeros((0, 4))), dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(entry.get("labels", np.zeros(0)), dtype=np.int64).reshape(-1)
+    if with_scores:
+        scores = np.asarray(entry.get("scores", np.zeros(0)), dtype=np.float64).reshape(-1)
+    else:
+        scores = np.ones(len(boxes))
+    if not (len(boxes) == len(labels) == len(scores)):
+        raise SemanticInputError(
+            f"boxes ({len(boxes)}), labels ({len(labels)}) and scores ({len(scores)}) differ"
+        )
+    return boxes, scores, labels
+
+
+def detection_map(
+    predictions: Sequence[Mapping],
+    ground_truths: Sequence[Mapping],
+    class_names: Sequence[str],
+) -> dict:
+    """COCO-style box AP of ``predictions`` against ``ground_truths`` (one entry per image).
+
+    Each entry is a mapping with ``boxes`` [K, 4] xyxy in pixels, ``labels`` [K] class indices
+    into ``class_names``, and (predictions only) ``scores`` [K]. Evaluation is pycocotools'
+    COCOeval (101-point interpolated AP, area "all", maxDets 100, ground truths not crowd).
+
+    Returns ``{"mAP50": AP at IoU 0.5, "mAP50_95": AP averaged over IoU 0.50:0.05:0.95,
+    "per_class_AP50": {name: AP or nan}, "num_images", "num_ground_truths", "num_predictions"}``.
+    mAPs average over classes that have ground truth (COCO drops classes without, marking -1);
+    a class without ground truth gets ``nan`` per class. With no ground truth at all the mAPs are
+    ``nan`` (undefined), not 0.
+    """
+    if len(predictions) != len(ground_truths):
+        raise SemanticInputError(
+            f"{len(predictions)} prediction entries but {len(ground_truths)} ground truths"
+        )
+    num_classes = len(class_names)
+    images, annotations, detections = [], [], []
+    for image_id, (prediction, truth) in enumerate(zip(predictions, ground_truths, strict=True)):
+        images.append({"id": image_id})
+        gt_boxes, _, gt_labels = _boxes_of(truth, with_scores=False)
+        pred_boxes, pred_scores, pred_labels = _boxes_of(prediction, with_scores=True)
+        for labels in (gt_labels, pred_labels):
+            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+                raise SemanticInputError(f"class index out of range 0..{num_classes - 1}")
+        for box, label in zip(gt_boxes, gt_labels, strict=True):
+            width, height = float(box[2] - box[0]), float(box[3] - box[1])
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,  # COCO ids must be non-zero
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [float(box[0]), float(box[1]), width, height],
+                    "area": width * height,
+                    "iscrowd": 0,
+                }
+            )
+        for box, score, label in zip(pred_boxes, pred_scores, pred_labels, strict=True):
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [
+                        float(box[0]),
+                        float(box[1]),
+                        float(box[2] - box[0]),
+                        float(box[3] - box[1]),
+                    ],
+                    "score": float(score),
+                }
+            )
+
+    result: dict = {
+        "mAP50": float("nan"),
+        "mAP50_95": float("nan"),
+        "per_class_AP50": {name: float("nan") for name in class_names},
+        "num_images": len(images),
+        "num_ground_truths": len(annotations),
+        "num_predictions": len(detections),
+    }
+    if not annotations:
+        return result
+    if not detections:
+        # Every class with ground truth has recall 0 at every threshold.
+        present = {annotation["category_id"] for annotation in annotations}
+        result["mAP50"] = result["mAP50_95"] = 0.0
+        for index in present:
+            result["per_class_AP50"][class_names[index]] = 0.0
+        return result
+
+    # pycocotools prints progress to stdout; silence it so CLI output stays a clean table.
+    with contextlib.redirect_stdout(io.StringIO()):
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        coco_truth = COCO()
+        coco_truth.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": i, "name": n} for i, n in enumerate(class_names)],
+        }
+        coco_truth.createIndex()
+        coco_predictions = coco_truth.loadRes(detections)
+        evaluator = COCOeval(coco_truth, coco_predictions, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    # precision: [IoU thresholds T, recall points R, classes K, area ranges A, max dets M]
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    iou_05 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
+    per_class_50 = []
+    per_class_all = []
+    for class_index, category_id in enumerate(evaluator.params.catIds):
+        at_50 = precision[iou_05, :, class_index]
+        every = precision[:, :, class_index]
+        if np.all(at_50 < 0):  # -1: no ground truth of this class
+            continue
+        ap_50 = float(np.mean(at_50[at_50 > -1]))
+        result["per_class_AP50"][class_names[category_id]] = ap_50
+        per_class_50.append(ap_50)
+        per_class_all.append(float(np.mean(every[every > -1])))
+    result["mAP50"] = float(np.mean(per_class_50))
+    result["mAP50_95"] = float(np.mean(per_class_all))
+    return result
+
+
+def yolo_to_xyxy(lines: Sequence[str], width: int, height: int) -> dict[str, np.ndarray]:
+    """Ground-truth entry from YOLO label lines ``class cx cy w h`` (normalised to [0, 1])."""
+    boxes, labels = [], []
+    for number, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 5:
+            raise SemanticInputError(f"line {number}: expected 'class cx cy w h', got {line!r}")
+        label = int(float(parts[0]))
+        cx, cy, w, h = (float(value) for value in parts[1:])
+        boxes.append(
+            [
+                (cx - w / 2) * width,
+                (cy - h / 2) * height,
+                (cx + w / 2) * width,
+                (cy + h / 2) * height,
+            ]
+        )
+        labels.append(label)
+    return {
+        "boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        "labels": np.asarray(labels, dtype=np.int64),
+    }
+
+
+@dataclass
+class ConfusionMatrix:
+    """Pixel confusion matrix accumulated over images; rows are ground truth, columns prediction.
+
+    Pixels whose ground truth is ``ignore_index`` are skipped. A predicted or true label outside
+    0..num_classes-1 (other than ignore_index) is an error, not silently dropped.
+    """
+
+    num_classes: int
+    ignore_index: int = 255
+    matrix: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        pred = np.asarray(pred)
+        gt = np.asarray(gt)
+        if pred.shape != gt.shape:
+            raise SemanticInputError(f"prediction {pred.shape} and ground truth {gt.shape} differ")
+        keep = gt != self.ignore_index
+        truth = gt[keep].astype(np.int64)
+        predicted = pred[keep].astype(np.int64)
+        for label, values in (("ground truth", truth), ("prediction", predicted)):
+            if values.size and (values.min() < 0 or values.max() >= self.num_classes):
+                raise SemanticInputError(
+                    f"{label} label out of range 0..{self.num_classes - 1}: "
+                    f"{int(values.min())}..{int(values.max())}"
+                )
+        self.matrix += np.bincount(
+            truth * self.num_classes + predicted, minlength=self.num_classes**2
+        ).reshape(self.num_classes, self.num_classes)
+
+    def scores(self) -> dict:
+        return scores_from_confusion(self.matrix)
+
+
+def scores_from_confusion(matrix: np.ndarray) -> dict:
+    """Per-class IoU and accuracy, mIoU, mAcc and pixel accuracy from a confusion matrix.
+
+    IoU_c = TP / (TP + FP + FN). A class that appears in neither ground truth nor prediction has
+    no IoU (``nan``) and is left out of mIoU; mIoU averages over classes present in the ground
+    truth or the prediction (so a hallucinated class counts, with IoU 0). Per-class accuracy
+    (recall) TP / (TP + FN) is defined for classes present in the ground truth; mAcc averages
+    those.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    true_positive = np.diag(matrix)
+    in_truth = matrix.sum(axis=1)
+    in_prediction = matrix.sum(axis=0)
+    union = in_truth + in_prediction - true_positive
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, true_positive / union, np.nan)
+        accuracy = np.where(in_truth > 0, true_positive / in_truth, np.nan)
+    total = matrix.sum()
+    return {
+        "per_class_iou": iou.tolist(),
+        "per_class_acc": accuracy.tolist(),
+        "mIoU": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
+        "mAcc": float(np.nanmean(accuracy)) if np.any(in_truth > 0) else float("nan"),
+        "pixel_acc": float(true_positive.sum() / total) if total > 0 else float("nan"),
+        "confusion": matrix.astype(np.int64),
+    }
+
+
+def segmentation_scores(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255
+) -> dict:
+    """Scores of one label image (see :func:`scores_from_confusion`); for a folder use
+    :class:`ConfusionMatrix` and call ``update`` per image."""
+    confusion = ConfusionMatrix(num_classes, ignore_index)
+    confusion.update(pred, gt)
+    return confusion.scores()
