@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+from array import array as ByteArray
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,10 @@ def make_rclpy_image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: 
     msg.header.frame_id = frame_id
     msg.height, msg.width, msg.encoding = fields.height, fields.width, fields.encoding
     msg.is_bigendian, msg.step = 0, fields.step
-    msg.data = fields.data.tobytes()
+    # array.array is taken as is by the generated setter; bytes go through a per-element check.
+    buffer = ByteArray("B")
+    buffer.frombytes(fields.data.tobytes())
+    msg.data = buffer
     return msg
 
 
