@@ -453,7 +453,7 @@ class TensorRTBackend:
 def _read_pair_for_calibration(
     ir_path: Path, vi_path: Path, hw: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """IR and visible as the graph wants them; processing.prepare_inputs when it exists."""
+    """IR and visible resized to ``hw``, prepared as the node does (processing.prepare_inputs)."""
     import cv2
 
     ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE)
@@ -463,17 +463,11 @@ def _read_pair_for_calibration(
     size = (hw[1], hw[0])
     ir = cv2.resize(ir, size, interpolation=cv2.INTER_AREA)
     vi = cv2.resize(vi, size, interpolation=cv2.INTER_AREA)
-    try:
-        from ros2_bilevel_fusion.processing import prepare_inputs
-    except ImportError:
-        prepare_inputs = None
-    if prepare_inputs is not None:
-        prepared = prepare_inputs(ir, vi)
-        return prepared[0], prepared[1]
-    ycrcb = cv2.cvtColor(vi, cv2.COLOR_BGR2YCrCb)
-    ir_tensor = (ir.astype(np.float32) / 255.0)[None, None]
-    vi_tensor = (ycrcb.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
-    return np.ascontiguousarray(ir_tensor), np.ascontiguousarray(vi_tensor)
+    from ros2_bilevel_fusion.processing import prepare_inputs
+
+    # hw is a multiple of the pad multiple (validate_profile), so padding is a no-op here.
+    prepared = prepare_inputs(ir, vi, 1)
+    return prepared.ir, prepared.visible_ycrcb
 
 
 def calibration_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
