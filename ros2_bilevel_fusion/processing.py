@@ -1,0 +1,325 @@
+"""Pre- and post-processing around the fusion graph: pure numpy/OpenCV, no ROS.
+
+Tensor conventions are those of the model bundle (see ``bundle.py``): inputs are padded at the
+bottom and right (reflect) to a multiple of ``inputs.pad_multiple``; every output is cropped
+back to the unpadded image.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ros2_bilevel_fusion.bundle import DetectionSpec
+
+# Candidates kept per level before NMS: bounds NMS cost when a head fires everywhere.
+PRE_NMS_TOP_K = 1000
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad an HxW or HxWxC image at the bottom and right to a multiple of ``multiple``.
+
+    Returns ``image`` itself when no padding is needed. Reflection excludes the edge pixel
+    (OpenCV BORDER_REFLECT_101, numpy "reflect"); padding larger than the image repeats it.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    height, width = image.shape[:2]
+    pad_bottom = -height % multiple
+    pad_right = -width % multiple
+    if pad_bottom == 0 and pad_right == 0:
+        return image
+    if height > pad_bottom and width > pad_right:
+        return cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REFLECT_101)
+    # Tiny images (smaller than the padding): numpy reflects repeatedly, OpenCV may not.
+    pad = [(0, pad_bottom), (0, pad_right)] + [(0, 0)] * (image.ndim - 2)
+    mode = "reflect" if height > 1 and width > 1 else "edge"
+    return np.pad(image, pad, mode=mode)
+
+
+@dataclass
+class PreparedInputs:
+    ir: np.ndarray  # float32 [1, 1, Hp, Wp] in [0, 1]
+    visible_ycrcb: np.ndarray  # float32 [1, 3, Hp, Wp] in [0, 1]
+    visible_ycrcb_u8: np.ndarray  # uint8 HxWx3, unpadded, for the colour restore
+    image_hw: tuple[int, int]  # (H, W) before padding
+
+
+def prepare_inputs(ir_u8: np.ndarray, visible_bgr: np.ndarray, multiple: int) -> PreparedInputs:
+    """Build the graph inputs; ``ir_u8`` must already be in the visible image's geometry."""
+    if ir_u8.dtype != np.uint8 or ir_u8.ndim != 2:
+        raise ValueError(f"IR must be uint8 HxW, got {ir_u8.dtype} {ir_u8.shape}")
+    if visible_bgr.dtype != np.uint8 or visible_bgr.ndim != 3 or visible_bgr.shape[2] != 3:
+        raise ValueError(
+            f"visible must be uint8 HxWx3 BGR, got {visible_bgr.dtype} {visible_bgr.shape}"
+        )
+    if ir_u8.shape != visible_bgr.shape[:2]:
+        raise ValueError(
+            f"IR {ir_u8.shape} and visible {visible_bgr.shape[:2]} differ in size; register first"
+        )
+    if ir_u8.size == 0:
+        raise ValueError("empty image")
+    ycrcb = cv2.cvtColor(visible_bgr, cv2.COLOR_BGR2YCrCb)
+    ir_padded = pad_to_multiple(ir_u8, multiple)
+    ycrcb_padded = pad_to_multiple(ycrcb, multiple)
+    scale = np.float32(1.0 / 255.0)
+    ir_tensor = (ir_padded.astype(np.float32) * scale)[None, None]
+    ycrcb_tensor = np.ascontiguousarray(
+        (ycrcb_padded.astype(np.float32) * scale).transpose(2, 0, 1)[None]
+    )
+    return PreparedInputs(
+        ir=ir_tensor,
+        visible_ycrcb=ycrcb_tensor,
+        visible_ycrcb_u8=ycrcb,
+        image_hw=(int(ir_u8.shape[0]), int(ir_u8.shape[1])),
+    )
+
+
+def _as_2d(tensor: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(tensor)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"{what}: expected [1, 1, H, W] or HxW, got shape {np.shape(tensor)}")
+    return array
+
+
+def fused_to_u8(fused_y: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Fused Y in [0, 1] ([1,1,Hp,Wp] or HxW) -> uint8 HxW cropped to ``image_hw``."""
+    plane = _as_2d(fused_y, "fused_y")
+    height, width = image_hw
+    if plane.shape[0] < height or plane.shape[1] < width:
+        raise ValueError(f"fused_y {plane.shape} is smaller than the image {image_hw}")
+    plane = plane[:height, :width].astype(np.float32) * np.float32(255.0)
+    plane = np.nan_to_num(plane, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(plane), 0, 255).astype(np.uint8)
+
+
+def restore_colour(fused_y_u8: np.ndarray, visible_ycrcb_u8: np.ndarray) -> np.ndarray:
+    """BGR image made of the fused luma and the visible image's chroma."""
+    if fused_y_u8.shape != visible_ycrcb_u8.shape[:2]:
+        raise ValueError(f"fused {fused_y_u8.shape} and visible {visible_ycrcb_u8.shape} differ")
+    _, cr, cb = cv2.split(visible_ycrcb_u8)
+    return cv2.cvtColor(cv2.merge([fused_y_u8, cr, cb]), cv2.COLOR_YCrCb2BGR)
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # float32 [N, 4] x1, y1, x2, y2 in visible pixels, clipped to the image
+    scores: np.ndarray  # float32 [N], descending
+    class_ids: np.ndarray  # int64 [N]
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros(0, np.float32),
+            class_ids=np.zeros(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp of a negative argument only: no overflow warnings on large logits.
+    positive = x >= 0
+    z = np.exp(-np.abs(x))
+    return np.where(positive, 1.0 / (1.0 + z), z / (1.0 + z)).astype(np.float32)
+
+
+def _level_array(outputs: Mapping[str, np.ndarray], name: str, channels: int | None) -> np.ndarray:
+    if name not in outputs:
+        raise ValueError(f"model output {name!r} is missing (have {sorted(outputs)})")
+    array = np.asarray(outputs[name], dtype=np.float32)
+    if (
+        array.ndim != 4
+        or array.shape[0] != 1
+        or (channels is not None and array.shape[1] != channels)
+    ):
+        wanted = f"[1, {channels if channels is not None else 'C'}, h, w]"
+        raise ValueError(f"model output {name!r} has shape {array.shape}, expected {wanted}")
+    return array[0]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
+    """Greedy NMS on xyxy boxes (continuous coordinates: area = w * h); indices, best first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    keep: list[int] = []
+    while order.size and len(keep) < max_keep:
+        best = order[0]
+        keep.append(int(best))
+        rest = order[1:]
+        inter_w = np.maximum(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0)
+        inter_h = np.maximum(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0)
+        inter = inter_w * inter_h
+        union = areas[best] + areas[rest] - inter
+        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def decode_detections(
+    outputs: Mapping[str, np.ndarray],
+    spec: DetectionSpec,
+    image_hw: tuple[int, int],
+    score_threshold: float,
+    nms_iou: float,
+    max_detections: int,
+) -> Detections:
+    """Decode FCOS-style raw heads (see :class:`bundle.DetectionSpec`) into final detections.
+
+    Per level: score = sqrt(sigmoid(cls) * sigmoid(ctr)) for every class; candidates with
+    score >= ``score_threshold``, at most PRE_NMS_TOP_K per level; boxes from the anchor point
+    and the ``ltrb`` distances times the stride (negative distances clamp to 0), clipped to
+    ``image_hw``; boxes empty after clipping (wholly in the padding) are dropped; then
+    class-aware NMS and the ``max_detections`` best.
+    """
+    if spec.box_encoding != "ltrb_stride":
+        raise ValueError(f"unsupported box encoding {spec.box_encoding!r}")
+    num_classes = len(spec.classes)
+    height, width = image_hw
+    all_boxes, all_scores, all_classes = [], [], []
+    for level in spec.levels:
+        cls_logits = _level_array(outputs, level.cls, num_classes)
+        box = _level_array(outputs, level.box, 4)
+        ctr = _level_array(outputs, level.ctr, 1)
+        grid_hw = cls_logits.shape[1:]
+        if box.shape[1:] != grid_hw or ctr.shape[1:] != grid_hw:
+            raise ValueError(
+                f"stride {level.stride}: cls {cls_logits.shape}, box {box.shape} and "
+                f"ctr {ctr.shape} disagree on the grid size"
+            )
+        cells = grid_hw[0] * grid_hw[1]
+        scores = np.sqrt(
+            _sigmoid(cls_logits.reshape(num_classes, cells)) * _sigmoid(ctr.reshape(1, cells))
+        )
+        class_ids, cell_ids = np.nonzero(scores >= score_threshold)
+        if cell_ids.size == 0:
+            continue
+        candidate_scores = scores[class_ids, cell_ids]
+        if candidate_scores.size > PRE_NMS_TOP_K:
+            top = np.argpartition(-candidate_scores, PRE_NMS_TOP_K - 1)[:PRE_NMS_TOP_K]
+            class_ids, cell_ids, candidate_scores = (
+                class_ids[top],
+                cell_ids[top],
+                candidate_scores[top],
+            )
+        stride = np.float32(level.stride)
+        rows, cols = np.divmod(cell_ids, grid_hw[1])
+        anchor_x = (cols.astype(np.float32) + 0.5) * stride
+        anchor_y = (rows.astype(np.float32) + 0.5) * stride
+        ltrb = np.maximum(box.reshape(4, cells)[:, cell_ids], 0.0) * stride
+        boxes = np.stack(
+            [anchor_x - ltrb[0], anchor_y - ltrb[1], anchor_x + ltrb[2], anchor_y + ltrb[3]],
+            axis=1,
+        )
+        all_boxes.append(boxes)
+        all_scores.append(candidate_scores)
+        all_classes.append(class_ids)
+    if not all_boxes:
+        return Detections.empty()
+    boxes = np.concatenate(all_boxes).astype(np.float32)
+    scores = np.concatenate(all_scores).astype(np.float32)
+    class_ids = np.concatenate(all_classes).astype(np.int64)
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+    valid = np.all(np.isfinite(boxes), axis=1) & np.isfinite(scores)
+    valid &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, class_ids = boxes[valid], scores[valid], class_ids[valid]
+    if scores.size == 0:
+        return Detections.empty()
+    # Class-aware NMS in one pass: shift each class into its own disjoint coordinate range.
+    offset = (class_ids.astype(np.float32) * (max(height, width) + 1.0))[:, None]
+    keep = nms(boxes + offset, scores, nms_iou, max_detections)
+    return Detections(boxes=boxes[keep], scores=scores[keep], class_ids=class_ids[keep])
+
+
+def segmentation_labels(logits: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Per-pixel argmax of [1, C, Hp, Wp] logits, cropped to ``image_hw``, as uint8 HxW."""
+    array = np.asarray(logits)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise ValueError(f"segmentation logits must be [1, C, H, W], got {np.shape(logits)}")
+    if array.shape[0] > 256:
+        raise ValueError(f"{array.shape[0]} segmentation classes do not fit in uint8 labels")
+    height, width = image_hw
+    if array.shape[1] < height or array.shape[2] < width:
+        raise ValueError(f"segmentation logits {array.shape} smaller than the image {image_hw}")
+    return np.argmax(array[:, :height, :width], axis=0).astype(np.uint8)
+
+
+def colorize_labels(labels: np.ndarray, palette_rgb: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """uint8 label image -> BGR image via a lookup table; ids beyond the palette are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    palette = np.asarray(palette_rgb, dtype=np.int64).reshape(-1, 3)[:256]
+    lut[: len(palette)] = np.clip(palette[:, ::-1], 0, 255).astype(np.uint8)
+    return np.take(lut, np.asarray(labels, dtype=np.uint8), axis=0)
+
+
+def blend(
+    base_bgr: np.ndarray,
+    overlay_bgr: np.ndarray,
+    alpha: float,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(1 - alpha) * base + alpha * overlay``, only where ``mask`` is true if given."""
+    if base_bgr.shape != overlay_bgr.shape:
+        raise ValueError(f"base {base_bgr.shape} and overlay {overlay_bgr.shape} differ")
+    alpha = float(np.clip(alpha, 0.0, 1.0))
+    mixed = cv2.addWeighted(base_bgr, 1.0 - alpha, overlay_bgr, alpha, 0.0)
+    if mask is None:
+        return mixed
+    if mask.shape != base_bgr.shape[:2]:
+        raise ValueError(f"mask {mask.shape} does not match image {base_bgr.shape[:2]}")
+    result = base_bgr.copy()
+    selected = mask.astype(bool)
+    result[selected] = mixed[selected]
+    return result
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """A stable, saturated BGR colour per class id."""
+    hue = (zlib.crc32(str(int(class_id)).encode()) % 180) if class_id >= 0 else 0
+    hsv = np.array([[[hue, 220, 255]]], np.uint8)
+    b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
+    return int(b), int(g), int(r)
+
+
+def draw_detections(
+    image_bgr: np.ndarray, detections: Detections, class_names: Sequence[str]
+) -> np.ndarray:
+    """A copy of ``image_bgr`` with one box and a "name 0.87" label per detection."""
+    canvas = np.ascontiguousarray(image_bgr).copy()
+    height, width = canvas.shape[:2]
+    thickness = max(1, round(min(height, width) / 300))
+    font_scale = max(0.35, min(height, width) / 900)
+    for box, score, class_id in zip(
+        detections.boxes, detections.scores, detections.class_ids, strict=True
+    ):
+        colour = class_colour(int(class_id))
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
+        name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
+        label = f"{name} {float(score):.2f}"
+        (text_w, text_h), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        top = y1 - text_h - baseline if y1 - text_h - baseline >= 0 else y1
+        cv2.rectangle(canvas, (x1, top), (x1 + text_w, top + text_h + baseline), colour, -1)
+        cv2.putText(
+            canvas,
+            label,
+            (x1, top + text_h),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    return canvas

@@ -1,0 +1,274 @@
+"""Pre/post-processing on synthetic arrays and hand-made detection heads."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from ros2_bilevel_fusion.bundle import DetectionLevel, DetectionSpec
+from ros2_bilevel_fusion.processing import (
+    PRE_NMS_TOP_K,
+    Detections,
+    blend,
+    colorize_labels,
+    decode_detections,
+    draw_detections,
+    fused_to_u8,
+    nms,
+    pad_to_multiple,
+    prepare_inputs,
+    restore_colour,
+    segmentation_labels,
+)
+
+SPEC = DetectionSpec(
+    classes=("person", "car"),
+    levels=(
+        DetectionLevel(8, "cls8", "box8", "ctr8"),
+        DetectionLevel(16, "cls16", "box16", "ctr16"),
+    ),
+)
+LOGIT_OFF = -30.0
+LOGIT_ON = 30.0  # sigmoid ~ 1: score ~ 1 when centerness is on too
+
+
+def synthetic_heads(padded_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """All-cold synthetic FCOS heads for SPEC on a padded input of this size."""
+    outputs = {}
+    for level in SPEC.levels:
+        grid = (padded_hw[0] // level.stride, padded_hw[1] // level.stride)
+        outputs[level.cls] = np.full((1, len(SPEC.classes), *grid), LOGIT_OFF, np.float32)
+        outputs[level.box] = np.ones((1, 4, *grid), np.float32)
+        outputs[level.ctr] = np.full((1, 1, *grid), LOGIT_ON, np.float32)
+    return outputs
+
+
+def hot_cell(
+    outputs: dict, level: int, class_id: int, row: int, col: int, ltrb, cls_logit=LOGIT_ON
+) -> None:
+    spec_level = SPEC.levels[level]
+    outputs[spec_level.cls][0, class_id, row, col] = cls_logit
+    outputs[spec_level.box][0, :, row, col] = ltrb
+
+
+def decode(outputs: dict, image_hw=(64, 96), threshold=0.3, iou=0.5, max_det=100) -> Detections:
+    return decode_detections(outputs, SPEC, image_hw, threshold, iou, max_det)
+
+
+def test_pad_to_multiple_reflects_bottom_right() -> None:
+    image = np.arange(5 * 6, dtype=np.uint8).reshape(5, 6)
+    padded = pad_to_multiple(image, 4)
+    assert padded.shape == (8, 8)
+    np.testing.assert_array_equal(padded[:5, :6], image)
+    np.testing.assert_array_equal(padded[5], image[3, list(range(6)) + [4, 3]])
+    np.testing.assert_array_equal(padded[:5, 6], image[:, 4])
+    assert pad_to_multiple(image[:4, :4], 4) is not None
+    exact = np.zeros((8, 8, 3), np.uint8)
+    assert pad_to_multiple(exact, 4) is exact
+    colour = pad_to_multiple(np.zeros((5, 6, 3), np.uint8), 32)
+    assert colour.shape == (32, 32, 3)
+
+
+def test_pad_to_multiple_tiny_images() -> None:
+    assert pad_to_multiple(np.arange(6, dtype=np.uint8).reshape(2, 3), 32).shape == (32, 32)
+    assert pad_to_multiple(np.full((1, 1), 7, np.uint8), 8).min() == 7
+
+
+def test_prepare_inputs_layout_and_values() -> None:
+    rng = np.random.default_rng(0)
+    ir = rng.integers(0, 256, (30, 50), dtype=np.uint8)
+    bgr = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    prepared = prepare_inputs(ir, bgr, 16)
+    assert prepared.image_hw == (30, 50)
+    assert prepared.ir.shape == (1, 1, 32, 64) and prepared.ir.dtype == np.float32
+    assert prepared.visible_ycrcb.shape == (1, 3, 32, 64)
+    assert prepared.visible_ycrcb.dtype == np.float32
+    assert prepared.visible_ycrcb.flags.c_contiguous
+    ycrcb = cv2.cvtColor(bgr, cv2.COLOR_BGR2YCrCb)
+    np.testing.assert_array_equal(prepared.visible_ycrcb_u8, ycrcb)
+    np.testing.assert_allclose(prepared.ir[0, 0, :30, :50], ir / 255.0, atol=1e-6)
+    np.testing.assert_allclose(
+        prepared.visible_ycrcb[0, :, :30, :50], ycrcb.transpose(2, 0, 1) / 255.0, atol=1e-6
+    )
+    assert 0.0 <= prepared.ir.min() and prepared.ir.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("ir", "bgr"),
+    [
+        (np.zeros((10, 10), np.uint8), np.zeros((10, 12, 3), np.uint8)),
+        (np.zeros((10, 10), np.uint16), np.zeros((10, 10, 3), np.uint8)),
+        (np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.uint8)),
+    ],
+)
+def test_prepare_inputs_rejects_bad_arrays(ir: np.ndarray, bgr: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        prepare_inputs(ir, bgr, 8)
+
+
+def test_fused_to_u8_crops_clips_and_rounds() -> None:
+    fused = np.zeros((1, 1, 8, 8), np.float32)
+    fused[0, 0, 0, :4] = [-0.5, 0.5, 1.5, 100 / 255 + 0.4 / 255]
+    fused[0, 0, 1, 0] = np.nan
+    fused[0, 0, 7, 7] = 0.9  # in the padding: cropped away
+    out = fused_to_u8(fused, (5, 6))
+    assert out.shape == (5, 6) and out.dtype == np.uint8
+    assert out[0, :4].tolist() == [0, 128, 255, 100]
+    assert out[1, 0] == 0
+    np.testing.assert_array_equal(fused_to_u8(fused[0, 0], (5, 6)), out)
+    with pytest.raises(ValueError):
+        fused_to_u8(fused, (9, 9))
+
+
+def test_restore_colour_keeps_visible_chroma() -> None:
+    rng = np.random.default_rng(1)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), (5, 5), 2)
+    ycrcb = cv2.cvtColor(bgr, cv2.COLOR_BGR2YCrCb)
+    # Fused Y equal to the visible Y must give back the visible image (up to rounding).
+    same = restore_colour(ycrcb[..., 0].copy(), ycrcb)
+    assert np.abs(same.astype(int) - bgr.astype(int)).max() <= 3
+    brighter = restore_colour(np.full((20, 30), 200, np.uint8), ycrcb)
+    back = cv2.cvtColor(brighter, cv2.COLOR_BGR2YCrCb)
+    # Chroma survives wherever the colour is in gamut.
+    assert np.median(np.abs(back[..., 1:].astype(int) - ycrcb[..., 1:].astype(int))) <= 2
+
+
+def test_single_hot_cell_decodes_to_known_box() -> None:
+    outputs = synthetic_heads((64, 96))
+    # Stride 8, row 3, col 5: anchor (44, 28); ltrb (1, 2, 3, 0.5) strides -> (36, 12, 68, 32).
+    hot_cell(outputs, 0, 1, 3, 5, (1.0, 2.0, 3.0, 0.5))
+    detections = decode(outputs)
+    assert len(detections) == 1
+    np.testing.assert_allclose(detections.boxes[0], [36, 12, 68, 32])
+    assert detections.class_ids.tolist() == [1]
+    assert detections.scores[0] == pytest.approx(1.0, abs=1e-6)
+    assert detections.boxes.dtype == np.float32 and detections.class_ids.dtype == np.int64
+
+
+def test_score_is_sqrt_of_class_times_centerness() -> None:
+    outputs = synthetic_heads((64, 96))
+    hot_cell(outputs, 1, 0, 1, 1, (1, 1, 1, 1), cls_logit=0.0)  # sigmoid 0.5
+    outputs["ctr16"][0, 0, 1, 1] = np.log(0.5 / 0.5)  # sigmoid 0.5
+    detections = decode(outputs)
+    assert detections.scores.tolist() == pytest.approx([0.5])
+    np.testing.assert_allclose(detections.boxes[0], [8, 8, 40, 40])
+    assert len(decode(outputs, threshold=0.51)) == 0
+
+
+def test_boxes_are_clipped_and_padding_only_boxes_dropped() -> None:
+    outputs = synthetic_heads((64, 96))
+    hot_cell(outputs, 0, 0, 0, 0, (5, 5, 1, 1))  # extends past the top-left corner
+    hot_cell(outputs, 0, 0, 7, 11, (0.2, 0.2, 0.2, 0.2))  # centre (92, 60): in the padding
+    detections = decode(outputs, image_hw=(50, 90))
+    assert len(detections) == 1
+    np.testing.assert_allclose(detections.boxes[0], [0, 0, 12, 12])
+
+
+def test_negative_distances_clamp_to_zero() -> None:
+    outputs = synthetic_heads((64, 96))
+    hot_cell(outputs, 0, 0, 2, 2, (-1, 1, 1, 1))
+    detections = decode(outputs)
+    np.testing.assert_allclose(detections.boxes[0], [20, 12, 28, 28])
+
+
+def test_nms_is_class_aware_and_keeps_the_best() -> None:
+    outputs = synthetic_heads((64, 96))
+    # Two overlapping "person" boxes at neighbouring stride-8 cells, one weaker.
+    hot_cell(outputs, 0, 0, 3, 3, (2, 2, 2, 2), cls_logit=5.0)
+    hot_cell(outputs, 0, 0, 3, 4, (2, 2, 2, 2), cls_logit=2.0)
+    # The same place as a "car": a different class is never suppressed.
+    hot_cell(outputs, 0, 1, 3, 3, (2, 2, 2, 2), cls_logit=1.0)
+    # A distant person survives.
+    hot_cell(outputs, 1, 0, 3, 5, (0.5, 0.5, 0.5, 0.5), cls_logit=3.0)
+    detections = decode(outputs, threshold=0.1, iou=0.5)
+    assert detections.class_ids.tolist() == [0, 0, 1]
+    np.testing.assert_allclose(detections.boxes[0], [12, 12, 44, 44])
+    np.testing.assert_allclose(detections.boxes[1], [80, 48, 96, 64])
+    assert np.all(np.diff(detections.scores) <= 0)
+    # A looser IoU threshold keeps the overlapping pair (IoU 24*32/(2*32*32-24*32) = 0.6).
+    assert len(decode(outputs, threshold=0.1, iou=0.7)) == 4
+    assert len(decode(outputs, threshold=0.1, iou=0.7, max_det=2)) == 2
+
+
+def test_nms_function_directly() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
+    scores = np.array([0.5, 0.9, 0.7], np.float32)
+    assert nms(boxes, scores, 0.5, 10).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.5, 1).tolist() == [1]
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5, 10).tolist() == []
+
+
+def test_pre_nms_top_k_bounds_candidates() -> None:
+    outputs = synthetic_heads((512, 512))
+    outputs["cls8"][:] = LOGIT_ON  # every cell of every class fires
+    detections = decode(outputs, image_hw=(512, 512), iou=1.0, max_det=100000)
+    assert len(detections) == PRE_NMS_TOP_K  # stride 8 only; stride 16 stays cold
+
+
+def test_decode_rejects_missing_or_misshapen_outputs() -> None:
+    outputs = synthetic_heads((64, 96))
+    del outputs["ctr16"]
+    with pytest.raises(ValueError, match="ctr16"):
+        decode(outputs)
+    outputs = synthetic_heads((64, 96))
+    outputs["box8"] = outputs["box8"][:, :3]
+    with pytest.raises(ValueError, match="box8"):
+        decode(outputs)
+    outputs = synthetic_heads((64, 96))
+    outputs["ctr8"] = outputs["ctr8"][:, :, :4]
+    with pytest.raises(ValueError, match="grid"):
+        decode(outputs)
+
+
+def test_no_detections_gives_empty() -> None:
+    detections = decode(synthetic_heads((64, 96)))
+    assert len(detections) == 0 and detections.boxes.shape == (0, 4)
+    assert len(Detections.empty()) == 0
+
+
+def test_segmentation_labels_argmax_and_crop() -> None:
+    logits = np.zeros((1, 3, 8, 8), np.float32)
+    logits[0, 2, :2, :3] = 5.0
+    logits[0, 1, 4:, :] = 1.0
+    labels = segmentation_labels(logits, (6, 7))
+    assert labels.shape == (6, 7) and labels.dtype == np.uint8
+    assert labels[:2, :3].tolist() == [[2, 2, 2]] * 2
+    assert np.all(labels[4:] == 1) and labels[3, 5] == 0
+    with pytest.raises(ValueError):
+        segmentation_labels(logits[0, 0], (6, 7))
+
+
+def test_colorize_labels_uses_bgr_and_blacks_out_unknown_ids() -> None:
+    labels = np.array([[0, 1, 2, 9]], np.uint8)
+    colour = colorize_labels(labels, [(0, 0, 0), (255, 0, 0), (10, 20, 30)])
+    assert colour.shape == (1, 4, 3) and colour.dtype == np.uint8
+    assert colour[0, 1].tolist() == [0, 0, 255]  # RGB red -> BGR
+    assert colour[0, 2].tolist() == [30, 20, 10]
+    assert colour[0, 3].tolist() == [0, 0, 0]
+
+
+def test_blend_with_and_without_mask() -> None:
+    base = np.full((4, 4, 3), 100, np.uint8)
+    overlay = np.full((4, 4, 3), 200, np.uint8)
+    assert np.all(blend(base, overlay, 0.5) == 150)
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    out = blend(base, overlay, 0.25, mask)
+    assert out[0, 0].tolist() == [125] * 3 and np.all(out[1:] == 100)
+    assert np.all(base == 100)  # input untouched
+
+
+def test_draw_detections_draws_on_a_copy() -> None:
+    image = np.zeros((100, 120, 3), np.uint8)
+    detections = Detections(
+        boxes=np.array([[10, 30, 60, 80]], np.float32),
+        scores=np.array([0.87], np.float32),
+        class_ids=np.array([1], np.int64),
+    )
+    out = draw_detections(image, detections, ["person", "car"])
+    assert np.all(image == 0)
+    assert out[55, 10].any() and out[55, 60].any()  # left and right edges drawn
+    assert not out[55, 35].any()  # box interior untouched
+    assert out[15:30, 10:60].any()  # label above the box
+    assert draw_detections(image, Detections.empty(), []).sum() == 0
