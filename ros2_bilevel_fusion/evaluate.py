@@ -1,0 +1,486 @@
+"""``fusion-eval``: score a model bundle on image folders or on what the ROS node publishes.
+
+Folder mode runs every IR/visible pair through exactly the node's pre- and post-processing
+(:class:`ros2_bilevel_fusion.pipeline.FusionPipeline`), computes the fusion metrics of
+:mod:`ros2_bilevel_fusion.metrics` for the model and for classical baselines with the same
+code, and, when labels are given, detection mAP and segmentation IoU. Bag mode replays a bag
+through the real node (:func:`ros2_bilevel_fusion.live_run.run_bag_through_node`) and scores
+what the node published: fusion metrics, latency, throughput and drops.
+
+Every report folder holds ``summary.md`` (or ``report.md``), CSVs, ``summary.json`` and PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ros2_bilevel_fusion import baselines, metrics, report
+from ros2_bilevel_fusion.registration import Registration
+from ros2_bilevel_fusion.semantic_metrics import (
+    ConfusionMatrix,
+    detection_map,
+    yolo_to_xyxy,
+)
+
+LOG = logging.getLogger("fusion-eval")
+
+BASELINE_LABELS = {name: f"{name} fusion (baseline)" for name in baselines.BASELINES}
+SAMPLE_COUNT = 4
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation cannot run (missing inputs, unusable bundle, no pairs)."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class FolderPair:
+    name: str  # file name of the IR image; outputs are written as <stem>.png
+    ir_path: Path
+    visible_path: Path
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+
+def find_folder_pairs(
+    ir_dir: Path, visible_dir: Path, limit: int | None = None
+) -> list[FolderPair]:
+    """IR images with a visible image of the same stem, sorted by name, at most ``limit``."""
+    pairs = []
+    for ir_path in metrics.list_images(ir_dir):
+        visible_path = metrics.find_pair_file(visible_dir, ir_path.name)
+        if visible_path is None:
+            LOG.warning("no visible image for %s; skipped", ir_path.name)
+            continue
+        pairs.append(FolderPair(ir_path.name, ir_path, visible_path))
+    if limit is not None:
+        pairs = pairs[:limit]
+    if not pairs:
+        raise EvaluationError(f"no IR/visible pairs in {ir_dir} and {visible_dir}")
+    return pairs
+
+
+def parse_mask_map(text: str | None) -> dict[int, int]:
+    """'255:1,128:2' -> {255: 1, 128: 2}: mask pixel value -> class id."""
+    mapping: dict[int, int] = {}
+    if not text:
+        return mapping
+    for item in text.split(","):
+        try:
+            value, class_id = (int(part) for part in item.split(":"))
+        except ValueError as exc:
+            raise EvaluationError(f"--mask-map item {item!r} is not VALUE:CLASS") from exc
+        mapping[value] = class_id
+    return mapping
+
+
+def mask_to_labels(
+    mask: np.ndarray, mask_map: dict[int, int], num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
+    """Class ids from a mask: mapped values as given, other values kept when they are valid
+    class ids (0 = background stays 0), anything else becomes ``ignore_index``."""
+    lookup = np.full(256, ignore_index, dtype=np.int64)
+    lookup[: min(num_classes, 256)] = np.arange(min(num_classes, 256))
+    for value, class_id in mask_map.items():
+        if not 0 <= class_id < num_classes:
+            raise EvaluationError(f"--mask-map class {class_id} outside 0..{num_classes - 1}")
+        lookup[value] = class_id
+    return lookup[mask]
+
+
+def visible_luma(visible_bgr: np.ndarray) -> np.ndarray:
+    """The Y the network sees: OpenCV's YCrCb Y channel of the visible image (uint8)."""
+    return cv2.cvtColor(visible_bgr, cv2.COLOR_BGR2YCrCb)[:, :, 0]
+
+
+# --------------------------------------------------------------------------- pipeline glue
+
+
+def build_pipeline(
+    bundle_path: Path, backend_kind: str, registration: Registration
+) -> tuple[Any, Any]:
+    """(pipeline, bundle): the node's FusionPipeline for this bundle, backend, registration."""
+    from ros2_bilevel_fusion.backends import create_backend
+    from ros2_bilevel_fusion.bundle import load_bundle
+    from ros2_bilevel_fusion.pipeline import FusionPipeline, PipelineConfig
+
+    bundle = load_bundle(bundle_path)
+    backend = create_backend(backend_kind, bundle)
+    return FusionPipeline(backend, registration, PipelineConfig()), bundle
+
+
+# --------------------------------------------------------------------------- folder mode
+
+
+@dataclass
+class FolderResult:
+    model_name: str
+    rows: list[dict] = field(default_factory=list)  # one per (method, image)
+    means: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> metric -> mean
+    detection: dict | None = None
+    segmentation: dict | None = None
+    timing: dict[str, dict] = field(default_factory=dict)
+    summary_markdown: str = ""
+
+
+def _looks_like_tno(ir_dir: Path) -> bool:
+    return any(part.lower() == "tno" for part in ir_dir.resolve().parts)
+
+
+def evaluate_folder_pairs(
+    pipeline: Any | None,
+    bundle: Any | None,
+    pairs: Sequence[FolderPair],
+    out_dir: Path,
+    *,
+    registration: Registration | None = None,
+    labels_dir: Path | None = None,
+    masks_dir: Path | None = None,
+    mask_map: dict[int, int] | None = None,
+    save_fused: bool = False,
+    with_baselines: bool = False,
+    is_tno: bool = False,
+) -> FolderResult:
+    """Run ``pipeline.process`` on every pair and write the report into ``out_dir``.
+
+    ``registration`` must be the one the pipeline uses (it puts the IR into the visible geometry
+    for the metrics and the baselines); identity when not given. With ``pipeline`` None only the
+    baselines are evaluated (``with_baselines`` is then implied, labels and masks ignored).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    registration = registration or Registration.identity()
+    has_model = pipeline is not None and bundle is not None
+    model_label = f"{bundle.name} (model)" if has_model else ""
+    with_baselines = with_baselines or not has_model
+    result = FolderResult(model_name=model_label or "baselines only")
+    methods = ([model_label] if has_model else []) + (
+        [BASELINE_LABELS[n] for n in baselines.BASELINES] if with_baselines else []
+    )
+    per_method_rows: dict[str, list[dict]] = {method: [] for method in methods}
+    inference_ms: list[float] = []
+    total_ms: list[float] = []
+    predictions: list[dict] = []
+    truths: list[dict] = []
+    confusion = None
+    if masks_dir is not None and has_model:
+        if bundle.segmentation is None:
+            LOG.warning("--masks given but the bundle has no segmentation head; skipped")
+        else:
+            confusion = ConfusionMatrix(len(bundle.segmentation.classes))
+    if labels_dir is not None and (not has_model or bundle.detection is None):
+        LOG.warning("--labels given but there is no model with a detection head; skipped")
+        labels_dir = None
+    samples: list[list[tuple[str, np.ndarray]]] = []
+
+    for index, pair in enumerate(pairs):
+        ir_u8 = metrics.read_u8(pair.ir_path, grey=True)
+        visible_bgr = metrics.read_u8(pair.visible_path, grey=False)
+        # The sources as the metrics see them: the IR in the visible geometry (the node's
+        # registration; identity resizes a differently sized IR) and the visible grey levels.
+        ir_registered = registration.warp(ir_u8, visible_bgr.shape[:2])
+        ir_gray = ir_registered.astype(np.float64)
+        visible_gray = metrics.to_gray_float(visible_bgr)
+        fused_by_method: dict[str, np.ndarray] = {}
+        sample: list[tuple[str, np.ndarray]] = [("IR", ir_u8), ("VI", visible_bgr)]
+        fusion = None
+        if has_model:
+            fusion = pipeline.process(ir_u8, visible_bgr)
+            inference_ms.append(float(fusion.inference_ms))
+            total_ms.append(float(fusion.total_ms))
+            fused_y = np.asarray(fusion.fused_y)
+            if fused_y.dtype != np.uint8 or fused_y.shape != visible_bgr.shape[:2]:
+                raise EvaluationError(
+                    f"{pair.name}: pipeline returned fused_y {fused_y.dtype} {fused_y.shape}, "
+                    f"expected uint8 {visible_bgr.shape[:2]}"
+                )
+            fused_by_method[model_label] = fused_y
+            sample.append(("fused", np.asarray(fusion.fused_bgr)))
+            if save_fused:
+                _write_png(out_dir / "fused" / f"{pair.stem}.png", fused_y)
+                _write_png(
+                    out_dir / "fused_color" / f"{pair.stem}.png", np.asarray(fusion.fused_bgr)
+                )
+        if with_baselines:
+            # Baselines fuse the same inputs the network sees: registered IR and visible Y.
+            luma = visible_luma(visible_bgr)
+            for name, fuse in baselines.BASELINES.items():
+                fused_by_method[BASELINE_LABELS[name]] = fuse(ir_registered, luma)
+                sample.append((name, fused_by_method[BASELINE_LABELS[name]]))
+        for method, fused in fused_by_method.items():
+            row: dict[str, Any] = {"method": method, "name": pair.name}
+            row.update(metrics.fusion_metrics(fused.astype(np.float64), ir_gray, visible_gray))
+            if fusion is not None and method == model_label:
+                row.update(inference_ms=fusion.inference_ms, total_ms=fusion.total_ms)
+            per_method_rows[method].append(row)
+            result.rows.append(row)
+        if fusion is not None and labels_dir is not None:
+            label_path = labels_dir / f"{pair.stem}.txt"
+            if label_path.is_file():  # no file: image not labelled; empty file: no objects
+                height, width = visible_bgr.shape[:2]
+                truths.append(yolo_to_xyxy(label_path.read_text().splitlines(), width, height))
+                predictions.append(detections_to_entry(fusion.detections))
+        if fusion is not None and confusion is not None:
+            mask_path = metrics.find_pair_file(masks_dir, pair.name)
+            if mask_path is not None and fusion.seg_labels is not None:
+                mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+                if mask is None or mask.shape != visible_bgr.shape[:2]:
+                    raise EvaluationError(f"mask {mask_path} unreadable or of the wrong size")
+                truth = mask_to_labels(mask, mask_map or {}, confusion.num_classes)
+                confusion.update(np.asarray(fusion.seg_labels), truth)
+        if index < SAMPLE_COUNT:
+            samples.append(sample)
+
+    for method in methods:
+        result.means[method] = metrics.mean_metrics(per_method_rows[method])
+    if inference_ms:
+        result.timing = {
+            "inference_ms": report.percentiles(inference_ms),
+            "total_ms": report.percentiles(total_ms),
+        }
+    if labels_dir is not None:
+        result.detection = detection_map(predictions, truths, bundle.detection.classes)
+        result.detection["labelled_images"] = len(truths)
+    if confusion is not None:
+        result.segmentation = segmentation_summary(confusion, bundle.segmentation.classes)
+
+    columns = ["method", "name", *metrics.METRIC_NAMES, "inference_ms", "total_ms"]
+    report.write_csv(out_dir / "per_image.csv", result.rows, columns)
+    if samples:
+        report.save_sample_grid(out_dir / "samples.png", samples)
+    published = {report.CDDFUSE_LABEL: report.CDDFUSE_TNO_PUBLISHED} if is_tno else None
+    result.summary_markdown = _folder_summary(result, len(pairs), published)
+    (out_dir / "summary.md").write_text(result.summary_markdown)
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "model": result.model_name,
+                "images": len(pairs),
+                "means": result.means,
+                "timing": result.timing,
+                "detection": result.detection,
+                "segmentation": result.segmentation,
+                "published_reference": published,
+                "conventions": metrics.CONVENTIONS,
+            },
+            indent=1,
+            default=_json_default,
+        )
+    )
+    return result
+
+
+def detections_to_entry(detections: Any) -> dict[str, np.ndarray]:
+    """A prediction entry for :func:`detection_map` from the pipeline's Detections."""
+    return {
+        "boxes": np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4),
+        "scores": np.asarray(detections.scores, dtype=np.float64).reshape(-1),
+        "labels": np.asarray(detections.class_ids, dtype=np.int64).reshape(-1),
+    }
+
+
+def segmentation_summary(confusion: ConfusionMatrix, classes: Sequence[str]) -> dict:
+    scores = confusion.scores()
+    return {
+        "classes": list(classes),
+        "mIoU": scores["mIoU"],
+        "mAcc": scores["mAcc"],
+        "pixel_acc": scores["pixel_acc"],
+        "per_class_iou": scores["per_class_iou"],
+        "confusion": scores["confusion"].tolist(),
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise EvaluationError(f"cannot write {path}")
+
+
+def _detection_markdown(detection: dict) -> str:
+    per_class = ", ".join(
+        f"{name} {report.format_value(ap)}" for name, ap in detection["per_class_AP50"].items()
+    )
+    return (
+        "## Detection (COCO protocol, pycocotools)\n\n"
+        f"{detection['labelled_images']} labelled images, {detection['num_ground_truths']} "
+        f"ground-truth boxes, {detection['num_predictions']} predictions.\n\n"
+        f"mAP@0.5 **{report.format_value(detection['mAP50'])}**, "
+        f"mAP@0.5:0.95 **{report.format_value(detection['mAP50_95'])}**. "
+        f"AP@0.5 per class: {per_class} (n/a: no ground truth of that class).\n"
+    )
+
+
+def _segmentation_markdown(segmentation: dict) -> str:
+    per_class = ", ".join(
+        f"{name} {report.format_value(iou)}"
+        for name, iou in zip(segmentation["classes"], segmentation["per_class_iou"], strict=True)
+    )
+    return (
+        "## Segmentation\n\n"
+        f"mIoU **{report.format_value(segmentation['mIoU'])}** (over classes present in ground "
+        "truth or prediction), mAcc "
+        f"{report.format_value(segmentation['mAcc'])}, pixel accuracy "
+        f"{report.format_value(segmentation['pixel_acc'])}. IoU per class: {per_class}.\n"
+    )
+
+
+def _folder_summary(result: FolderResult, count: int, published: dict | None) -> str:
+    parts = [
+        f"# fusion-eval: {result.model_name}, {count} image pairs\n",
+        "## Fusion metrics (mean over images)\n",
+        report.fusion_table(result.means, published),
+    ]
+    if result.timing:
+        parts += [
+            "## Time per frame in ms (pipeline on this machine)\n",
+            report.markdown_table(
+                [{"stage": stage, **values} for stage, values in result.timing.items()],
+                ["stage", "p50", "p95", "mean", "max", "count"],
+                digits=1,
+            )
+            + "\n",
+        ]
+    if result.detection is not None:
+        parts.append(_detection_markdown(result.detection))
+    if result.segmentation is not None:
+        parts.append(_segmentation_markdown(result.segmentation))
+    return "\n".join(parts)
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    ir_dir, visible_dir, out_dir = Path(args.ir), Path(args.vi), Path(args.out)
+    pairs = find_folder_pairs(ir_dir, visible_dir, args.limit)
+    registration = Registration.identity()
+    pipeline = bundle = None
+    if args.bundle:
+        pipeline, bundle = build_pipeline(Path(args.bundle), args.backend, registration)
+    elif not args.baselines:
+        raise EvaluationError("give --bundle, or --baselines for the baselines alone")
+    result = evaluate_folder_pairs(
+        pipeline,
+        bundle,
+        pairs,
+        out_dir,
+        registration=registration,
+        labels_dir=Path(args.labels) if args.labels else None,
+        masks_dir=Path(args.masks) if args.masks else None,
+        mask_map=parse_mask_map(args.mask_map),
+        save_fused=args.save_fused,
+        with_baselines=args.baselines,
+        is_tno=_looks_like_tno(ir_dir),
+    )
+    print(result.summary_markdown)
+    print(f"report written to {out_dir}")
+    return 0
+
+
+# --------------------------------------------------------------------------- bag mode
+
+
+def run_bag(args: argparse.Namespace) -> int:
+    from ros2_bilevel_fusion.bag_evaluation import evaluate_bag_run
+
+    markdown = evaluate_bag_run(
+        Path(args.bag),
+        Path(args.out),
+        bundle=Path(args.bundle) if args.bundle else None,
+        backend=args.backend,
+        rate=args.rate,
+    )
+    print(markdown)
+    print(f"report written to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusion-eval",
+        description="Fusion metrics (with baselines), detection mAP and segmentation IoU of a "
+        "model bundle on image folders, or of the running node on a bag.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    modes = parser.add_subparsers(dest="mode", required=True)
+
+    folder = modes.add_parser("folder", help="evaluate a bundle on IR/visible image folders")
+    folder.add_argument(
+        "--bundle", help="model bundle folder (model.yaml); omit with --baselines for baselines"
+    )
+    folder.add_argument("--ir", required=True, help="folder of infrared images")
+    folder.add_argument("--vi", required=True, help="folder of visible images (same names)")
+    folder.add_argument("--labels", help="folder of YOLO txt labels (<stem>.txt) for mAP")
+    folder.add_argument("--masks", help="folder of PNG masks (same names) for segmentation IoU")
+    folder.add_argument(
+        "--mask-map", default="", help="mask value to class id, e.g. 255:1 (default: identity)"
+    )
+    folder.add_argument("--out", required=True, help="report folder")
+    folder.add_argument("--save-fused", action="store_true", help="write fused PNGs")
+    folder.add_argument("--baselines", action="store_true", help="mean/max/laplacian rows")
+    folder.add_argument(
+        "--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"]
+    )
+    folder.add_argument("--limit", type=int, default=None, help="first N pairs only")
+    folder.set_defaults(run=run_folder)
+
+    bag = modes.add_parser("bag", help="replay a bag through the node and score its outputs")
+    bag.add_argument("--bag", required=True, help="rosbag2 folder")
+    bag.add_argument("--bundle", help="model bundle (default: the node's default)")
+    bag.add_argument(
+        "--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"]
+    )
+    bag.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
+    bag.add_argument("--out", required=True, help="report folder")
+    bag.set_defaults(run=run_bag)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    started = time.perf_counter()
+    try:
+        code = args.run(args)
+    except (EvaluationError, metrics.MetricInputError, FileNotFoundError) as exc:
+        LOG.error("%s", exc)
+        return 2
+    except Exception as exc:
+        # Bundle, backend and bag errors are defined in other modules (imported lazily so
+        # that --help works without them); a user error there is a message, not a traceback.
+        if type(exc).__name__ in ("BundleError", "BackendError", "BagError"):
+            LOG.error("%s", exc)
+            return 2
+        raise
+    LOG.info("done in %.1f s", time.perf_counter() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
