@@ -1,0 +1,203 @@
+"""One frame pair in, fused image + detections + segmentation out.
+
+The node and ``fusion-eval folder`` both call :class:`FusionPipeline`, so they share exactly the
+same registration, padding, decoding and colour restore. No ROS here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ros2_bilevel_fusion.backends.base import InferenceBackend
+from ros2_bilevel_fusion.bundle import ModelBundle
+from ros2_bilevel_fusion.processing import (
+    Detections,
+    blend,
+    colorize_labels,
+    decode_detections,
+    draw_detections,
+    fused_to_u8,
+    prepare_inputs,
+    restore_colour,
+    segmentation_labels,
+)
+from ros2_bilevel_fusion.registration import Registration
+
+_DEFAULT_SCORE_THRESHOLD = 0.3
+_DEFAULT_NMS_IOU = 0.5
+_DEFAULT_MAX_DETECTIONS = 100
+
+
+@dataclass
+class PostprocessConfig:
+    score_threshold: float
+    nms_iou: float
+    max_detections: int
+    overlay_alpha: float = 0.45
+    colour_output: bool = True
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle) -> PostprocessConfig:
+        """Defaults from model.yaml (generic ones when the bundle has no detector)."""
+        detection = bundle.detection
+        if detection is None:
+            return cls(_DEFAULT_SCORE_THRESHOLD, _DEFAULT_NMS_IOU, _DEFAULT_MAX_DETECTIONS)
+        return cls(
+            score_threshold=float(detection.score_threshold),
+            nms_iou=float(detection.nms_iou),
+            max_detections=int(detection.max_detections),
+        )
+
+
+@dataclass
+class FusionResult:
+    fused_y: np.ndarray  # uint8 HxW, visible geometry
+    fused_bgr: np.ndarray | None  # uint8 HxWx3 (fused Y + visible CrCb); None if colour off
+    detections: Detections | None  # None when the bundle has no detector
+    seg_labels: np.ndarray | None  # uint8 HxW class ids; None when the bundle has no segmenter
+    inference_ms: float  # backend.infer only
+    total_ms: float  # registration + preprocessing + inference + postprocessing
+
+
+class FusionPipeline:
+    """Registration, preprocessing, inference and postprocessing of one frame pair.
+
+    ``config`` may be replaced at any time (e.g. by a parameter callback); it is read once per
+    frame, so a frame never mixes two configurations. ``process`` raises ValueError for bad
+    input and lets backend errors propagate; the caller counts and logs them.
+    """
+
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        registration: Registration | None = None,
+        config: PostprocessConfig | None = None,
+    ) -> None:
+        self.backend = backend
+        self.registration = registration if registration is not None else Registration.identity()
+        self.config = (
+            config if config is not None else PostprocessConfig.from_bundle(backend.bundle)
+        )
+
+    @property
+    def bundle(self) -> ModelBundle:
+        return self.backend.bundle
+
+    def process(self, ir_u8: np.ndarray, visible_bgr: np.ndarray) -> FusionResult:
+        """IR uint8 HxW (IR geometry, any size) + visible uint8 HxWx3 BGR -> results in the
+        visible geometry."""
+        start = time.perf_counter()
+        config = self.config  # one read per frame: a live replacement applies to the next one
+        bundle = self.backend.bundle
+        ir_u8 = np.asarray(ir_u8)
+        visible_bgr = np.asarray(visible_bgr)
+        if ir_u8.dtype != np.uint8 or ir_u8.ndim != 2 or ir_u8.size == 0:
+            raise ValueError(
+                f"IR must be a non-empty uint8 HxW image, got {ir_u8.dtype} {ir_u8.shape}"
+            )
+        if (
+            visible_bgr.dtype != np.uint8
+            or visible_bgr.ndim != 3
+            or visible_bgr.shape[2] != 3
+            or visible_bgr.size == 0
+        ):
+            raise ValueError(
+                f"visible must be a non-empty uint8 HxWx3 BGR image, got "
+                f"{visible_bgr.dtype} {visible_bgr.shape}"
+            )
+        image_hw = (int(visible_bgr.shape[0]), int(visible_bgr.shape[1]))
+        registered_ir = self.registration.warp(ir_u8, image_hw)
+
+        # A graph exported for one fixed size: run it at that size and map results back.
+        fixed_hw = (int(bundle.inputs.height), int(bundle.inputs.width))
+        network_ir, network_visible = registered_ir, visible_bgr
+        if fixed_hw[0] > 0 and fixed_hw[1] > 0 and fixed_hw != image_hw:
+            size = (fixed_hw[1], fixed_hw[0])
+            network_ir = cv2.resize(registered_ir, size, interpolation=cv2.INTER_LINEAR)
+            network_visible = cv2.resize(visible_bgr, size, interpolation=cv2.INTER_LINEAR)
+        network_hw = (int(network_ir.shape[0]), int(network_ir.shape[1]))
+
+        prepared = prepare_inputs(network_ir, network_visible, bundle.inputs.pad_multiple)
+        infer_start = time.perf_counter()
+        outputs = self.backend.infer(prepared.ir, prepared.visible_ycrcb)
+        inference_ms = (time.perf_counter() - infer_start) * 1e3
+
+        if bundle.fused_name not in outputs:
+            raise ValueError(f"backend returned no {bundle.fused_name!r} output")
+        fused_y = fused_to_u8(outputs[bundle.fused_name], network_hw)
+        detections = None
+        if bundle.detection is not None:
+            detections = decode_detections(
+                outputs,
+                bundle.detection,
+                network_hw,
+                config.score_threshold,
+                config.nms_iou,
+                config.max_detections,
+            )
+        seg_labels = None
+        if bundle.segmentation is not None:
+            if bundle.segmentation.logits not in outputs:
+                raise ValueError(f"backend returned no {bundle.segmentation.logits!r} output")
+            seg_labels = segmentation_labels(outputs[bundle.segmentation.logits], network_hw)
+
+        if network_hw != image_hw:
+            size = (image_hw[1], image_hw[0])
+            fused_y = cv2.resize(fused_y, size, interpolation=cv2.INTER_LINEAR)
+            if seg_labels is not None:
+                seg_labels = cv2.resize(seg_labels, size, interpolation=cv2.INTER_NEAREST)
+            if detections is not None and len(detections):
+                scale = np.array(
+                    [image_hw[1] / network_hw[1], image_hw[0] / network_hw[0]] * 2, np.float32
+                )
+                detections = Detections(
+                    detections.boxes * scale, detections.scores, detections.class_ids
+                )
+
+        fused_bgr = None
+        if config.colour_output:
+            if network_hw == image_hw:
+                visible_ycrcb = prepared.visible_ycrcb_u8  # already computed, same image
+            else:
+                visible_ycrcb = cv2.cvtColor(visible_bgr, cv2.COLOR_BGR2YCrCb)
+            fused_bgr = restore_colour(fused_y, visible_ycrcb)
+        return FusionResult(
+            fused_y=fused_y,
+            fused_bgr=fused_bgr,
+            detections=detections,
+            seg_labels=seg_labels,
+            inference_ms=inference_ms,
+            total_ms=(time.perf_counter() - start) * 1e3,
+        )
+
+
+def render_segmentation_color(
+    result: FusionResult, palette: Sequence[tuple[int, int, int]]
+) -> np.ndarray:
+    """BGR colour image of the segmentation labels (palette entries are RGB)."""
+    if result.seg_labels is None:
+        raise ValueError("this result has no segmentation (the bundle has no segmenter)")
+    return colorize_labels(result.seg_labels, palette)
+
+
+def render_debug(
+    result: FusionResult, bundle: ModelBundle, config: PostprocessConfig
+) -> np.ndarray:
+    """Fused image with the segmentation overlaid (background, class 0, left clear) and boxes."""
+    if result.fused_bgr is not None:
+        canvas = result.fused_bgr
+    else:
+        canvas = cv2.cvtColor(result.fused_y, cv2.COLOR_GRAY2BGR)
+    if result.seg_labels is not None and bundle.segmentation is not None:
+        overlay = colorize_labels(result.seg_labels, bundle.segmentation.palette)
+        canvas = blend(canvas, overlay, config.overlay_alpha, mask=result.seg_labels != 0)
+    if result.detections is not None and bundle.detection is not None:
+        canvas = draw_detections(canvas, result.detections, bundle.detection.classes)
+    elif canvas is result.fused_bgr:
+        canvas = canvas.copy()  # never hand out the result's own buffer for drawing on
+    return canvas

@@ -1,0 +1,257 @@
+"""FusionPipeline with a fake backend (known outputs), plus one run of the fixture ONNX bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ros2_bilevel_fusion.bundle import (
+    DetectionLevel,
+    DetectionSpec,
+    InputSpec,
+    ModelBundle,
+    SegmentationSpec,
+)
+from ros2_bilevel_fusion.pipeline import (
+    FusionPipeline,
+    FusionResult,
+    PostprocessConfig,
+    render_debug,
+    render_segmentation_color,
+)
+from ros2_bilevel_fusion.registration import Registration, parse_homography
+
+PAD = 16
+OFF, ON = -30.0, 30.0
+FAKE_DETECTION = DetectionSpec(
+    classes=("person", "car"),
+    levels=(
+        DetectionLevel(8, "cls8", "box8", "ctr8"),
+        DetectionLevel(16, "cls16", "box16", "ctr16"),
+    ),
+    score_threshold=0.4,
+    nms_iou=0.6,
+    max_detections=7,
+)
+FAKE_SEGMENTATION = SegmentationSpec(
+    classes=("background", "person", "road"), palette=((0, 0, 0), (255, 0, 0), (0, 0, 255))
+)
+
+
+def fake_bundle(detection=FAKE_DETECTION, segmentation=FAKE_SEGMENTATION, **inputs) -> ModelBundle:
+    return ModelBundle(
+        name="fake",
+        onnx_path=Path("/nonexistent/fake.onnx"),
+        inputs=InputSpec(pad_multiple=PAD, **inputs),
+        detection=detection,
+        segmentation=segmentation,
+    )
+
+
+class FakeBackend:
+    """Fake backend: fused_y = max(ir, Y); one hot detection cell; seg = 'person' where IR > Y.
+
+    The hot cell (stride 8, row 2, col 3, class 'car', ltrb 1 stride each) decodes to the box
+    (20, 12, 36, 28) in network-input pixels.
+    """
+
+    name = "fake"
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.bundle = bundle
+        self.calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        self.hot_cell_logit = ON
+
+    def infer(self, ir: np.ndarray, visible_ycrcb: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls.append((ir.shape, visible_ycrcb.shape))
+        assert ir.dtype == np.float32 and visible_ycrcb.dtype == np.float32
+        height, width = ir.shape[2:]
+        assert height % PAD == 0 and width % PAD == 0
+        outputs = {"fused_y": np.maximum(ir, visible_ycrcb[:, :1])}
+        if self.bundle.detection is not None:
+            for level in self.bundle.detection.levels:
+                grid = (height // level.stride, width // level.stride)
+                outputs[level.cls] = np.full((1, 2, *grid), OFF, np.float32)
+                outputs[level.box] = np.ones((1, 4, *grid), np.float32)
+                outputs[level.ctr] = np.full((1, 1, *grid), ON, np.float32)
+            outputs["cls8"][0, 1, 2, 3] = self.hot_cell_logit
+        if self.bundle.segmentation is not None:
+            logits = np.zeros((1, 3, height, width), np.float32)
+            logits[0, 1] = (ir[0, 0] > visible_ycrcb[0, 0]).astype(np.float32) * 2.0 - 1.0
+            outputs["seg_logits"] = logits
+        return outputs
+
+
+def synthetic_pair(hw=(50, 70), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ir = rng.integers(0, 256, hw, dtype=np.uint8)
+    visible = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    return ir, visible
+
+
+def test_config_from_bundle() -> None:
+    config = PostprocessConfig.from_bundle(fake_bundle())
+    assert (config.score_threshold, config.nms_iou, config.max_detections) == (0.4, 0.6, 7)
+    assert config.overlay_alpha == 0.45 and config.colour_output
+    generic = PostprocessConfig.from_bundle(fake_bundle(detection=None))
+    assert generic.max_detections > 0 and 0 < generic.score_threshold < 1
+
+
+def test_process_pads_crops_and_fuses() -> None:
+    backend = FakeBackend(fake_bundle())
+    pipeline = FusionPipeline(backend)
+    ir, visible = synthetic_pair()
+    result = pipeline.process(ir, visible)
+    assert backend.calls == [((1, 1, 64, 80), (1, 3, 64, 80))]
+    assert result.fused_y.shape == (50, 70) and result.fused_y.dtype == np.uint8
+    luma = cv2.cvtColor(visible, cv2.COLOR_BGR2YCrCb)[..., 0]
+    np.testing.assert_array_equal(result.fused_y, np.maximum(ir, luma))
+    assert result.fused_bgr is not None and result.fused_bgr.shape == (50, 70, 3)
+    back = cv2.cvtColor(result.fused_bgr, cv2.COLOR_BGR2YCrCb)
+    assert np.median(np.abs(back[..., 0].astype(int) - result.fused_y.astype(int))) <= 2
+    assert result.inference_ms >= 0 and result.total_ms >= result.inference_ms
+
+
+def test_hot_cell_decodes_to_known_box() -> None:
+    pipeline = FusionPipeline(FakeBackend(fake_bundle()))
+    result = pipeline.process(*synthetic_pair())
+    assert result.detections is not None and len(result.detections) == 1
+    np.testing.assert_allclose(result.detections.boxes[0], [20, 12, 36, 28])
+    assert result.detections.class_ids.tolist() == [1]
+
+
+def test_segmentation_argmax_cropped() -> None:
+    pipeline = FusionPipeline(FakeBackend(fake_bundle()))
+    ir, visible = synthetic_pair()
+    result = pipeline.process(ir, visible)
+    luma = cv2.cvtColor(visible, cv2.COLOR_BGR2YCrCb)[..., 0]
+    # Logits compare the float inputs, so (ir > Y) in uint8 is exactly the expected mask.
+    np.testing.assert_array_equal(result.seg_labels, (ir > luma).astype(np.uint8))
+
+
+def test_config_replaced_live_applies_to_the_next_frame() -> None:
+    backend = FakeBackend(fake_bundle())
+    backend.hot_cell_logit = 0.0  # score sqrt(0.5 * 1) ~ 0.707
+    pipeline = FusionPipeline(backend)
+    pair = synthetic_pair()
+    assert len(pipeline.process(*pair).detections) == 1
+    pipeline.config = dataclasses.replace(pipeline.config, score_threshold=0.8, colour_output=False)
+    result = pipeline.process(*pair)
+    assert len(result.detections) == 0 and result.fused_bgr is None
+
+
+def test_ir_is_registered_into_visible_geometry() -> None:
+    visible = np.zeros((48, 64, 3), np.uint8)
+    small_ir = np.zeros((24, 32), np.uint8)
+    small_ir[5, 6] = 255
+    resized = FusionPipeline(FakeBackend(fake_bundle())).process(small_ir, visible)
+    assert resized.fused_y.shape == (48, 64)
+    assert resized.fused_y[10:12, 12:14].max() > 100  # identity: a plain resize, x2
+
+    ir = np.zeros((48, 64), np.uint8)
+    ir[20, 30] = 255
+    shift = Registration(parse_homography([1, 0, 5, 0, 1, 4, 0, 0, 1]))
+    shifted = FusionPipeline(FakeBackend(fake_bundle()), registration=shift).process(ir, visible)
+    assert np.unravel_index(np.argmax(shifted.fused_y), (48, 64)) == (24, 35)
+
+
+def test_bundle_without_semantic_heads() -> None:
+    bundle = fake_bundle(detection=None, segmentation=None)
+    result = FusionPipeline(FakeBackend(bundle)).process(*synthetic_pair())
+    assert result.detections is None and result.seg_labels is None
+    debug = render_debug(result, bundle, PostprocessConfig.from_bundle(bundle))
+    np.testing.assert_array_equal(debug, result.fused_bgr)
+    assert debug is not result.fused_bgr
+    with pytest.raises(ValueError):
+        render_segmentation_color(result, FAKE_SEGMENTATION.palette)
+
+
+def test_fixed_size_graph_is_run_at_its_size_and_mapped_back() -> None:
+    bundle = fake_bundle(height=32, width=48)
+    backend = FakeBackend(bundle)
+    result = FusionPipeline(backend).process(*synthetic_pair((64, 96)))
+    assert backend.calls == [((1, 1, 32, 48), (1, 3, 32, 48))]
+    assert result.fused_y.shape == (64, 96) and result.seg_labels.shape == (64, 96)
+    np.testing.assert_allclose(result.detections.boxes[0], [40, 24, 72, 56])  # x2
+
+
+@pytest.mark.parametrize(
+    ("ir", "visible"),
+    [
+        (np.zeros((10, 10), np.uint16), np.zeros((10, 10, 3), np.uint8)),
+        (np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.uint8)),
+        (np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.uint8)),
+        (np.zeros((0, 10), np.uint8), np.zeros((10, 10, 3), np.uint8)),
+    ],
+)
+def test_bad_input_raises_value_error(ir: np.ndarray, visible: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        FusionPipeline(FakeBackend(fake_bundle())).process(ir, visible)
+
+
+def test_missing_backend_output_raises_value_error() -> None:
+    backend = FakeBackend(fake_bundle())
+    original = backend.infer
+    backend.infer = lambda ir, vis: {k: v for k, v in original(ir, vis).items() if k != "box16"}
+    with pytest.raises(ValueError, match="box16"):
+        FusionPipeline(backend).process(*synthetic_pair())
+
+
+def test_render_functions() -> None:
+    bundle = fake_bundle()
+    pipeline = FusionPipeline(FakeBackend(bundle))
+    result = pipeline.process(*synthetic_pair())
+    fused_before = result.fused_bgr.copy()
+    colour = render_segmentation_color(result, FAKE_SEGMENTATION.palette)
+    assert colour.shape == (50, 70, 3)
+    person = result.seg_labels == 1
+    assert np.all(colour[person] == [0, 0, 255]) and np.all(colour[~person] == 0)
+    debug = render_debug(result, bundle, pipeline.config)
+    assert debug.shape == (50, 70, 3) and debug.dtype == np.uint8
+    np.testing.assert_array_equal(result.fused_bgr, fused_before)  # not drawn on
+    assert not np.array_equal(debug, result.fused_bgr)
+    # Background pixels below the box and its label keep the fused colour exactly.
+    background = ~person
+    background[:35] = False
+    np.testing.assert_array_equal(debug[background], result.fused_bgr[background])
+
+
+def test_fixture_onnx_bundle_through_onnxruntime(fixture_bundle: Path) -> None:
+    """The pipeline on the real bundle contract: the untrained fixture graph (max fusion)."""
+    ort = pytest.importorskip("onnxruntime")
+    from ros2_bilevel_fusion.bundle import load_bundle
+
+    bundle = load_bundle(fixture_bundle)
+
+    class OrtFixtureBackend:
+        name = "onnxruntime-test"
+
+        def __init__(self) -> None:
+            self.bundle = bundle
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            self.session = ort.InferenceSession(
+                str(bundle.onnx_path), options, providers=["CPUExecutionProvider"]
+            )
+
+        def infer(self, ir: np.ndarray, visible_ycrcb: np.ndarray) -> dict[str, np.ndarray]:
+            names = bundle.output_names
+            values = self.session.run(names, {"ir": ir, "visible_ycrcb": visible_ycrcb})
+            return dict(zip(names, values, strict=True))
+
+    visible = np.full((70, 90, 3), 40, np.uint8)
+    ir = np.full((70, 90), 30, np.uint8)
+    ir[20:44, 30:54] = 250  # a hot synthetic square: class 1 fires on bright IR
+    result: FusionResult = FusionPipeline(OrtFixtureBackend()).process(ir, visible)
+    luma = cv2.cvtColor(visible, cv2.COLOR_BGR2YCrCb)[..., 0]
+    np.testing.assert_array_equal(result.fused_y, np.maximum(ir, luma))
+    assert result.detections is not None and len(result.detections) >= 1
+    best = result.detections.boxes[0]
+    centre = ((best[0] + best[2]) / 2, (best[1] + best[3]) / 2)
+    assert 30 <= centre[0] <= 54 and 20 <= centre[1] <= 44
+    assert result.seg_labels is not None and result.seg_labels.shape == (70, 90)
+    assert result.seg_labels[30, 40] != result.seg_labels[5, 5]
