@@ -117,11 +117,12 @@ def build_pipeline(
     """(pipeline, bundle): the node's FusionPipeline for this bundle, backend, registration."""
     from ros2_bilevel_fusion.backends import create_backend
     from ros2_bilevel_fusion.bundle import load_bundle
-    from ros2_bilevel_fusion.pipeline import FusionPipeline, PipelineConfig
+    from ros2_bilevel_fusion.pipeline import FusionPipeline
 
     bundle = load_bundle(bundle_path)
     backend = create_backend(backend_kind, bundle)
-    return FusionPipeline(backend, registration, PipelineConfig()), bundle
+    # Post-processing thresholds from model.yaml, as the node uses by default.
+    return FusionPipeline(backend, registration), bundle
 
 
 # --------------------------------------------------------------------------- folder mode
@@ -209,12 +210,12 @@ def evaluate_folder_pairs(
                     f"expected uint8 {visible_bgr.shape[:2]}"
                 )
             fused_by_method[model_label] = fused_y
-            sample.append(("fused", np.asarray(fusion.fused_bgr)))
+            fused_view = fused_y if fusion.fused_bgr is None else np.asarray(fusion.fused_bgr)
+            sample.append(("fused", fused_view))
             if save_fused:
                 _write_png(out_dir / "fused" / f"{pair.stem}.png", fused_y)
-                _write_png(
-                    out_dir / "fused_color" / f"{pair.stem}.png", np.asarray(fusion.fused_bgr)
-                )
+                if fusion.fused_bgr is not None:
+                    _write_png(out_dir / "fused_color" / f"{pair.stem}.png", fused_view)
         if with_baselines:
             # Baselines fuse the same inputs the network sees: registered IR and visible Y.
             luma = visible_luma(visible_bgr)
@@ -234,6 +235,7 @@ def evaluate_folder_pairs(
                 height, width = visible_bgr.shape[:2]
                 truths.append(yolo_to_xyxy(label_path.read_text().splitlines(), width, height))
                 predictions.append(detections_to_entry(fusion.detections))
+                # (bundle.detection is not None here, so the pipeline returns Detections)
         if fusion is not None and confusion is not None:
             mask_path = metrics.find_pair_file(masks_dir, pair.name)
             if mask_path is not None and fusion.seg_labels is not None:

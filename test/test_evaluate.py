@@ -1,0 +1,188 @@
+"""fusion-eval folder mode on real TNO/MSRS pairs with the untrained fixture bundle, and bag mode.
+
+The fixture's fused image is max(IR, Y), so the model row must equal the max baseline computed
+by baselines.py: a cross-check that the pipeline, the metrics and the baselines agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ros2_bilevel_fusion import evaluate, metrics
+
+TNO_NAMES = ("01.png", "02.png", "03.png")
+
+
+@pytest.fixture(scope="module")
+def tno_subset(shared_data, tmp_path_factory) -> tuple[Path, Path]:
+    """Three real TNO pairs copied into a folder named tno (so the published row is shown)."""
+    root = tmp_path_factory.mktemp("data") / "tno"
+    for side in ("ir", "vi"):
+        (root / side).mkdir(parents=True)
+        for name in TNO_NAMES:
+            shutil.copy(shared_data / "tno" / side / name, root / side / name)
+    return root / "ir", root / "vi"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folder_mode_on_tno_with_the_fixture_bundle(fixture_bundle, tno_subset, tmp_path, capsys):
+    ir_dir, vi_dir = tno_subset
+    out = tmp_path / "report"
+    code = evaluate.main(
+        [
+            "folder",
+            "--bundle",
+            str(fixture_bundle),
+            "--ir",
+            str(ir_dir),
+            "--vi",
+            str(vi_dir),
+            "--out",
+            str(out),
+            "--save-fused",
+            "--baselines",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| method | EN |" in printed and "CDDFuse (published" in printed
+
+    rows = _read_csv(out / "per_image.csv")
+    methods = sorted({row["method"] for row in rows})
+    assert methods == sorted(
+        ["fixture (model)", *(evaluate.BASELINE_LABELS[n] for n in ("mean", "max", "laplacian"))]
+    )
+    assert len(rows) == 4 * len(TNO_NAMES)
+
+    # The model row equals the max baseline (fixture fused = max(IR, Y)), image by image.
+    model_rows = {r["name"]: r for r in rows if r["method"] == "fixture (model)"}
+    max_rows = {r["name"]: r for r in rows if r["method"] == evaluate.BASELINE_LABELS["max"]}
+    assert sorted(model_rows) == list(TNO_NAMES)
+    for name in TNO_NAMES:
+        for metric in metrics.METRIC_NAMES:
+            assert float(model_rows[name][metric]) == pytest.approx(
+                float(max_rows[name][metric]), rel=1e-9, abs=1e-9
+            ), (name, metric)
+        assert float(model_rows[name]["inference_ms"]) > 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == len(TNO_NAMES)
+    mean_en = np.mean([float(model_rows[n]["EN"]) for n in TNO_NAMES])
+    assert summary["means"]["fixture (model)"]["EN"] == pytest.approx(mean_en)
+    summary_md = (out / "summary.md").read_text()
+    assert "Conventions:" in summary_md and "not measured" in summary_md
+    assert (out / "samples.png").is_file()
+
+    # Saved fused PNGs are exactly what the pipeline returns for the same inputs.
+    from ros2_bilevel_fusion.backends import create_backend
+    from ros2_bilevel_fusion.bundle import load_bundle
+    from ros2_bilevel_fusion.pipeline import FusionPipeline
+
+    pipeline = FusionPipeline(create_backend("onnxruntime", load_bundle(fixture_bundle)))
+    for name in TNO_NAMES:
+        ir = cv2.imread(str(ir_dir / name), cv2.IMREAD_GRAYSCALE)
+        vi = cv2.imread(str(vi_dir / name), cv2.IMREAD_COLOR)
+        expected = pipeline.process(ir, vi)
+        saved = cv2.imread(str(out / "fused" / name), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(saved, expected.fused_y)
+        saved_colour = cv2.imread(str(out / "fused_color" / name), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(saved_colour, expected.fused_bgr)
+
+    # Evaluating the saved files gives the same numbers as the in-memory run.
+    file_rows, _ = metrics.evaluate_folder(out / "fused", ir_dir, vi_dir)
+    for row in file_rows:
+        for metric in metrics.METRIC_NAMES:
+            assert row[metric] == pytest.approx(float(model_rows[row["name"]][metric]), rel=1e-9)
+
+
+def test_folder_mode_detection_and_segmentation_on_msrs(fixture_bundle, shared_data, tmp_path):
+    msrs = shared_data / "msrs"
+    out = tmp_path / "msrs_report"
+    code = evaluate.main(
+        [
+            "folder",
+            "--bundle",
+            str(fixture_bundle),
+            "--ir",
+            str(msrs / "ir"),
+            "--vi",
+            str(msrs / "vi"),
+            "--labels",
+            str(msrs / "labels" / "fusion"),
+            "--masks",
+            str(msrs / "masks"),
+            "--mask-map",
+            "255:1",
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    detection = summary["detection"]
+    assert detection["labelled_images"] == 3
+    assert detection["num_ground_truths"] > 0
+    # An untrained fixture: a score in [0, 1], not a claim about quality.
+    assert 0.0 <= detection["mAP50"] <= 1.0
+    # The first three MSRS pairs all have person masks (00001D, 00002D, 00003N).
+    segmentation = summary["segmentation"]
+    assert segmentation is not None and 0.0 <= segmentation["mIoU"] <= 1.0
+    pixels = sum(map(sum, segmentation["confusion"]))
+    assert pixels == 3 * 640 * 480
+    assert "## Detection" in (out / "summary.md").read_text()
+
+
+def test_folder_mode_errors_are_messages_not_tracebacks(tmp_path, tno_subset):
+    ir_dir, vi_dir = tno_subset
+    missing = tmp_path / "no_bundle"
+    missing.mkdir()
+    code = evaluate.main(
+        [
+            "folder",
+            "--bundle",
+            str(missing),
+            "--ir",
+            str(ir_dir),
+            "--vi",
+            str(vi_dir),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = evaluate.main(
+        [
+            "folder",
+            "--baselines",
+            "--ir",
+            str(empty),
+            "--vi",
+            str(vi_dir),
+            "--out",
+            str(tmp_path / "r2"),
+        ]
+    )
+    assert code == 2
+
+
+def test_mask_map_and_labels() -> None:
+    mask = np.array([[0, 255, 7]], dtype=np.uint8)
+    labels = evaluate.mask_to_labels(mask, evaluate.parse_mask_map("255:1"), num_classes=4)
+    assert labels.tolist() == [[0, 1, 255]]  # 7 is no class of a 4-class head: ignored
+    with pytest.raises(evaluate.EvaluationError):
+        evaluate.parse_mask_map("255-1")
