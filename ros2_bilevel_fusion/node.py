@@ -1,0 +1,616 @@
+"""fusion_node: pairs IR + visible images, fuses them with the bundle's network, publishes the
+fused image, detections, segmentation, a debug view and /diagnostics.
+
+Threads: the executor thread runs subscription callbacks (no decoding: stamp -> pairer ->
+newest-pair slot), parameter callbacks and the diagnostics timer; one inference thread takes
+the newest pair, decodes, runs the pipeline and publishes. The only lock shared by the two is
+the slot's, held just to swap a reference, so inference never blocks subscriptions. When
+inference is slower than the cameras the newest pair wins and the superseded one is counted.
+
+Detections: vision_msgs/Detection2DArray on ``~/detections`` when vision_msgs imports (it is not
+on PyPI, so pip-only installs lack it; the node then logs once that the topic is off). The same
+detections are always published as JSON (std_msgs/String) on ``~/detections/json``:
+``{"stamp": {"sec", "nanosec"}, "frame_id", "image_size": [w, h], "detections": [{"class_id",
+"class_name", "score", "bbox": {"x_min", "y_min", "x_max", "y_max", "center_x", "center_y",
+"size_x", "size_y"}}]}`` in visible-image pixels.
+
+Run: ``python -m ros2_bilevel_fusion.node --ros-args -p bundle_path:=... -r ir/image:=/cam``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import InvalidParameterTypeException, ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from ros2_bilevel_fusion.codec import (
+    AutoGain,
+    GainControl,
+    ImageCodecError,
+    array_to_msg,
+    msg_to_array,
+    to_bgr8,
+    to_mono8,
+)
+from ros2_bilevel_fusion.diagnostics import (
+    DropCounter,
+    HealthSnapshot,
+    LatencyWindow,
+    RateMeter,
+    SilentStreamWatch,
+    health_key_values,
+    health_level,
+    make_status,
+)
+from ros2_bilevel_fusion.pairing import (
+    IR_STREAM,
+    VISIBLE_STREAM,
+    ApproximateTimePairer,
+    LatestPairSlot,
+)
+from ros2_bilevel_fusion.parameters import (
+    PARAMETERS,
+    SPECS,
+    FusionParameters,
+    descriptor,
+    validate,
+)
+
+try:  # Not on PyPI: present only in a full ROS 2 install.
+    import message_filters
+except ImportError:
+    message_filters = None
+
+try:
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+except ImportError:
+    Detection2D = Detection2DArray = ObjectHypothesisWithPose = None
+
+STREAM_NAMES = ("ir", "visible")
+NODE_NAME = "fusion_node"
+# Throttle period of every repeated error/warning log.
+LOG_THROTTLE_S = 5.0
+
+
+@dataclass
+class LoadedModel:
+    """What the inference thread runs; replaced as a whole on reload (a reference swap)."""
+
+    bundle: Any
+    backend: Any
+    pipeline: Any
+    path: Path
+
+
+def default_bundle_path() -> Path:
+    """The shipped default bundle (resources.py when packaged, else <repo>/models/default)."""
+    try:
+        from ros2_bilevel_fusion.resources import default_bundle_path as packaged
+    except ImportError:
+        return Path(__file__).resolve().parents[1] / "models" / "default"
+    return Path(packaged())
+
+
+def qos_for(name: str, depth: int) -> QoSProfile:
+    if name == "reliable":
+        return QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=depth,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+    profile = QoSProfile(
+        history=qos_profile_sensor_data.history,
+        depth=depth,
+        reliability=qos_profile_sensor_data.reliability,
+        durability=qos_profile_sensor_data.durability,
+    )
+    return profile
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def check_image_size(msg: Image) -> str | None:
+    """Reason the data length disagrees with the header, or None (cheap, before decoding)."""
+    expected = int(msg.step) * int(msg.height)
+    actual = len(msg.data)
+    if msg.height == 0 or msg.width == 0:
+        return f"empty image {msg.width}x{msg.height}"
+    if actual != expected:
+        return f"data has {actual} bytes, header says step*height = {expected}"
+    return None
+
+
+def detections_to_json(
+    detections: Any, class_names: tuple[str, ...], header: Any, image_hw: tuple[int, int]
+) -> str:
+    items = []
+    for box, score, class_id in zip(
+        detections.boxes, detections.scores, detections.class_ids, strict=True
+    ):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        cid = int(class_id)
+        items.append(
+            {
+                "class_id": cid,
+                "class_name": class_names[cid] if 0 <= cid < len(class_names) else str(cid),
+                "score": round(float(score), 5),
+                "bbox": {
+                    "x_min": x1,
+                    "y_min": y1,
+                    "x_max": x2,
+                    "y_max": y2,
+                    "center_x": (x1 + x2) / 2.0,
+                    "center_y": (y1 + y2) / 2.0,
+                    "size_x": x2 - x1,
+                    "size_y": y2 - y1,
+                },
+            }
+        )
+    return json.dumps(
+        {
+            "stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
+            "frame_id": header.frame_id,
+            "image_size": [int(image_hw[1]), int(image_hw[0])],
+            "detections": items,
+        }
+    )
+
+
+def detections_to_vision_msgs(detections: Any, class_names: tuple[str, ...], header: Any) -> Any:
+    array = Detection2DArray()
+    array.header = header
+    for box, score, class_id in zip(
+        detections.boxes, detections.scores, detections.class_ids, strict=True
+    ):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        det = Detection2D()
+        det.header = header
+        det.bbox.center.position.x = (x1 + x2) / 2.0
+        det.bbox.center.position.y = (y1 + y2) / 2.0
+        det.bbox.size_x = x2 - x1
+        det.bbox.size_y = y2 - y1
+        hypothesis = ObjectHypothesisWithPose()
+        cid = int(class_id)
+        hypothesis.hypothesis.class_id = (
+            class_names[cid] if 0 <= cid < len(class_names) else str(cid)
+        )
+        hypothesis.hypothesis.score = float(score)
+        det.results = [hypothesis]
+        array.detections.append(det)
+    return array
+
+
+class FusionNode(Node):
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.params = self._declare_parameters()
+        self._use_sim_time = bool(self.get_parameter("use_sim_time").value)
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+
+        self._drops = DropCounter()
+        self._rates = {name: RateMeter() for name in (*STREAM_NAMES, "pairs", "processed")}
+        self._inference_ms = LatencyWindow()
+        self._total_ms = LatencyWindow()
+        self._latency_ms = LatencyWindow()
+        self._silence = SilentStreamWatch(after_s=self.params.stream_timeout)
+        self._processed = 0
+        self._pairs = 0
+        self._ir_gain, self._visible_gain = self._make_gains(self.params)
+
+        self._model: LoadedModel | None = None
+        self._model_error = "loading"
+        self._reload = threading.Event()
+        self._reload.set()  # the first load happens in the inference thread
+        self._stop = threading.Event()
+        self._slot: LatestPairSlot[tuple[Image, Image]] = LatestPairSlot()
+
+        self._make_publishers()
+        self._pairer: ApproximateTimePairer | None = None
+        self._make_subscriptions()
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._diagnostics_timer = self.create_timer(
+            self.params.diagnostics_period, self._publish_diagnostics, clock=self._steady
+        )
+        self._worker = threading.Thread(target=self._inference_loop, name="fusion_inference")
+        self._worker.daemon = True
+        self._worker.start()
+
+    # ---------------------------------------------------------------- parameters
+    def _declare_parameters(self) -> FusionParameters:
+        values: dict[str, Any] = {}
+        for spec in PARAMETERS:
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            try:
+                param = self.declare_parameter(spec.name, default, descriptor(spec))
+            except (InvalidParameterTypeException, ParameterException) as exc:
+                # A launch file or YAML gave e.g. an int for a double: keep the node alive.
+                self.get_logger().error(
+                    f"parameter {spec.name}: override rejected ({exc}); using {default!r}"
+                )
+                if not self.has_parameter(spec.name):
+                    param = self.declare_parameter(
+                        spec.name, default, descriptor(spec), ignore_override=True
+                    )
+                else:
+                    param = self.get_parameter(spec.name)
+            values[spec.name] = param.value
+        params = FusionParameters.from_values(values)
+        reason = validate(params)
+        if reason is not None:
+            defaults = FusionParameters.from_values({s.name: s.default for s in PARAMETERS})
+            self.get_logger().error(f"invalid parameters at start ({reason}); using defaults")
+            keep = {k: values[k] for k in ("ir_topic", "visible_topic", "bundle_path")}
+            params = defaults.replace(keep)
+        return params
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in params if p.name in SPECS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            candidate = self.params.replace(changes)
+        except (TypeError, ValueError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        reason = validate(candidate)
+        if reason is not None:
+            self._drops.add("rejected_parameter")
+            return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        changes = {p.name: p.value for p in params if p.name in SPECS}
+        if not changes:
+            return
+        self.params = self.params.replace(changes)
+        names = set(changes)
+        if any(SPECS[n].reload for n in names):
+            self.get_logger().info(f"reloading the model after a change of {sorted(names)}")
+            self._reload.set()
+            return
+        if names & {"agc_low_percentile", "agc_high_percentile", "agc_smoothing"}:
+            self._ir_gain, self._visible_gain = self._make_gains(self.params)
+        model = self._model
+        if model is not None:
+            if "homography" in names:
+                from ros2_bilevel_fusion.registration import Registration
+
+                model.pipeline.registration = Registration(self.params.homography)
+            model.pipeline.config = self._postprocess_config(model.bundle)
+
+    @staticmethod
+    def _make_gains(params: FusionParameters) -> tuple[AutoGain, AutoGain]:
+        def gain() -> AutoGain:
+            return AutoGain(
+                GainControl(
+                    low_percentile=params.agc_low_percentile,
+                    high_percentile=params.agc_high_percentile,
+                    smoothing=params.agc_smoothing,
+                )
+            )
+
+        return gain(), gain()
+
+    def _postprocess_config(self, bundle: Any) -> Any:
+        from ros2_bilevel_fusion.pipeline import PostprocessConfig
+
+        config = PostprocessConfig.from_bundle(bundle)
+        p = self.params
+        changes: dict[str, Any] = {
+            "overlay_alpha": p.overlay_alpha,
+            "colour_output": p.colour_output,
+        }
+        if p.score_threshold >= 0.0:
+            changes["score_threshold"] = p.score_threshold
+        if p.nms_iou >= 0.0:
+            changes["nms_iou"] = p.nms_iou
+        if p.max_detections > 0:
+            changes["max_detections"] = p.max_detections
+        return dataclasses.replace(config, **changes)
+
+    # ---------------------------------------------------------------- model
+    def _load_model(self) -> None:
+        """Load bundle + backend + pipeline; on failure keep running without a model."""
+        from ros2_bilevel_fusion.backends import create_backend
+        from ros2_bilevel_fusion.bundle import load_bundle
+        from ros2_bilevel_fusion.pipeline import FusionPipeline
+        from ros2_bilevel_fusion.registration import Registration
+
+        p = self.params
+        path = Path(p.bundle_path) if p.bundle_path else default_bundle_path()
+        try:
+            bundle = load_bundle(path)
+            backend = create_backend(p.backend, bundle, fp16=p.fp16, threads=p.threads)
+            pipeline = FusionPipeline(
+                backend, Registration(p.homography), self._postprocess_config(bundle)
+            )
+        except Exception as exc:  # BundleError, BackendError, or anything a bad file causes
+            self._model = None
+            self._model_error = f"{type(exc).__name__}: {exc}"
+            self._drops.add("model_load_error")
+            self.get_logger().error(
+                f"cannot load model bundle {path}: {self._model_error}; the node stays up, "
+                "publishes diagnostics ERROR and retries when bundle_path/backend change"
+            )
+            return
+        self._model = LoadedModel(bundle=bundle, backend=backend, pipeline=pipeline, path=path)
+        self._model_error = ""
+        self.get_logger().info(
+            f"model '{bundle.name}' from {path} on backend {backend.name} "
+            f"(detector: {bundle.detection is not None}, "
+            f"segmenter: {bundle.segmentation is not None})"
+        )
+
+    # ---------------------------------------------------------------- ROS I/O
+    def _make_publishers(self) -> None:
+        # Reliable outputs: both reliable and best-effort subscribers can match them.
+        out_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+        )
+        self._pub_fused = self.create_publisher(Image, "~/fused", out_qos)
+        self._pub_seg = self.create_publisher(Image, "~/segmentation", out_qos)
+        self._pub_seg_color = self.create_publisher(Image, "~/segmentation/color", out_qos)
+        self._pub_debug = self.create_publisher(Image, "~/debug_image", out_qos)
+        self._pub_det_json = self.create_publisher(String, "~/detections/json", out_qos)
+        self._pub_det = None
+        if Detection2DArray is not None:
+            self._pub_det = self.create_publisher(Detection2DArray, "~/detections", out_qos)
+        else:
+            self.get_logger().warning(
+                "vision_msgs is not importable: ~/detections (Detection2DArray) is off; "
+                "detections are published as JSON on ~/detections/json"
+            )
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def _make_subscriptions(self) -> None:
+        p = self.params
+        qos = qos_for(p.qos, p.qos_depth)
+        topics = (p.ir_topic, p.visible_topic)
+        if message_filters is not None:
+            subs = [
+                message_filters.Subscriber(self, Image, topic, qos_profile=qos) for topic in topics
+            ]
+            for stream, sub in enumerate(subs):
+                sub.registerCallback(self._seen_callback(stream))
+            self._sync = message_filters.ApproximateTimeSynchronizer(subs, p.queue_size, p.slop)
+            self._sync.registerCallback(self._on_synced_pair)
+            resolved = [sub.sub.topic_name for sub in subs]
+            pairing = "message_filters.ApproximateTimeSynchronizer"
+        else:
+            self._pairer = ApproximateTimePairer(
+                p.queue_size, p.slop, clock_ns=lambda: self.get_clock().now().nanoseconds
+            )
+            subs = [
+                self.create_subscription(Image, topic, self._image_callback(stream), qos)
+                for stream, topic in enumerate(topics)
+            ]
+            resolved = [sub.topic_name for sub in subs]
+            pairing = "in-package ApproximateTimePairer (message_filters not importable)"
+        self._subscriptions_kept = subs
+        reliability = "reliable" if p.qos == "reliable" else "best effort"
+        self.get_logger().info(
+            f"subscribing IR {resolved[0]} and visible {resolved[1]} with QoS '{p.qos}' "
+            f"({reliability}, keep last {p.qos_depth}); a reliable subscriber does not match "
+            f"best-effort cameras. Pairing: {pairing}, slop {p.slop} s, queue {p.queue_size}. "
+            "Outputs are reliable, depth 10."
+        )
+
+    def _seen(self, stream: int) -> None:
+        now = self._steady.now().nanoseconds * 1e-9
+        self._rates[STREAM_NAMES[stream]].tick(now)
+        self._silence.seen(STREAM_NAMES[stream], now)
+
+    def _seen_callback(self, stream: int) -> Callable[[Image], None]:
+        return lambda _msg: self._seen(stream)
+
+    def _image_callback(self, stream: int) -> Callable[[Image], None]:
+        def callback(msg: Image) -> None:
+            # No decoding here: the executor thread only pairs and hands over.
+            self._seen(stream)
+            for pair in self._pairer.add(stream, stamp_to_ns(msg.header.stamp), msg):
+                self._hand_over(pair)
+
+        return callback
+
+    def _on_synced_pair(self, ir_msg: Image, visible_msg: Image) -> None:
+        self._hand_over((ir_msg, visible_msg))
+
+    def _hand_over(self, pair: tuple[Image, Image]) -> None:
+        self._pairs += 1
+        self._rates["pairs"].tick(self._steady.now().nanoseconds * 1e-9)
+        self._slot.put(pair)
+
+    # ---------------------------------------------------------------- inference thread
+    def _inference_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self._load_model()
+            pair = self._slot.take(0.1)
+            if pair is None:
+                continue
+            try:
+                self._process_pair(*pair)
+            except Exception as exc:  # never let one bad frame end the thread
+                self._count_error("processing_error", f"processing a pair failed: {exc!r}")
+
+    def _count_error(self, reason: str, message: str) -> None:
+        self._drops.add(reason)
+        self.get_logger().error(f"{message} [{reason}]", throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _decode(self, msg: Image, stream: int) -> np.ndarray | None:
+        name = STREAM_NAMES[stream]
+        problem = check_image_size(msg)
+        if problem is not None:
+            self._count_error(f"size_mismatch_{name}", f"{name} image dropped: {problem}")
+            return None
+        try:
+            array = msg_to_array(msg)
+            if stream == IR_STREAM:
+                return to_mono8(array, msg.encoding, self._ir_gain)
+            return to_bgr8(array, msg.encoding, self._visible_gain)
+        except (ImageCodecError, ValueError) as exc:
+            self._count_error(
+                f"decode_error_{name}",
+                f"{name} image dropped (encoding {msg.encoding!r}): {exc}",
+            )
+            return None
+
+    def _process_pair(self, ir_msg: Image, visible_msg: Image) -> None:
+        model = self._model
+        if model is None:
+            self._count_error("no_model", f"pair dropped: no model loaded ({self._model_error})")
+            return
+        ir = self._decode(ir_msg, IR_STREAM)
+        visible = self._decode(visible_msg, VISIBLE_STREAM)
+        if ir is None or visible is None:
+            return
+        try:
+            result = model.pipeline.process(ir, visible)
+        except Exception as exc:  # BackendError, ValueError from bad sizes, ...
+            self._count_error("inference_error", f"inference failed: {exc}")
+            return
+        header = visible_msg.header
+        self._publish_result(model, result, header)
+        self._processed += 1
+        now_steady = self._steady.now().nanoseconds * 1e-9
+        self._rates["processed"].tick(now_steady)
+        self._inference_ms.add(result.inference_ms)
+        self._total_ms.add(result.total_ms)
+        if not self._use_sim_time:
+            latency_ns = self.get_clock().now().nanoseconds - stamp_to_ns(header.stamp)
+            self._latency_ms.add(latency_ns * 1e-6)
+
+    def _publish_result(self, model: LoadedModel, result: Any, header: Any) -> None:
+        p = self.params
+        config = model.pipeline.config
+        if config.colour_output and result.fused_bgr is not None:
+            self._pub_fused.publish(array_to_msg(result.fused_bgr, "bgr8", header))
+        else:
+            self._pub_fused.publish(array_to_msg(result.fused_y, "mono8", header))
+        bundle = model.bundle
+        image_hw = result.fused_y.shape[:2]
+        if p.publish_detections and result.detections is not None and bundle.detection:
+            classes = tuple(bundle.detection.classes)
+            self._pub_det_json.publish(
+                String(data=detections_to_json(result.detections, classes, header, image_hw))
+            )
+            if self._pub_det is not None:
+                self._pub_det.publish(detections_to_vision_msgs(result.detections, classes, header))
+        if p.publish_segmentation and result.seg_labels is not None and bundle.segmentation:
+            from ros2_bilevel_fusion.pipeline import render_segmentation_color
+
+            self._pub_seg.publish(array_to_msg(result.seg_labels, "mono8", header))
+            if self._pub_seg_color.get_subscription_count() > 0:
+                colour = render_segmentation_color(result, bundle.segmentation.palette)
+                self._pub_seg_color.publish(array_to_msg(colour, "bgr8", header))
+        if p.publish_debug and self._pub_debug.get_subscription_count() > 0:
+            from ros2_bilevel_fusion.pipeline import render_debug
+
+            self._pub_debug.publish(
+                array_to_msg(render_debug(result, bundle, config), "bgr8", header)
+            )
+
+    # ---------------------------------------------------------------- diagnostics
+    def _all_drops(self) -> dict[str, int]:
+        drops = self._drops.snapshot()
+        if self._pairer is not None:
+            for reason, count in self._pairer.stats.dropped.items():
+                drops[f"pairing_{reason}"] = count
+        drops["superseded"] = self._slot.dropped_superseded
+        return drops
+
+    def health(self) -> HealthSnapshot:
+        now = self._steady.now().nanoseconds * 1e-9
+        silent = self._silence.silent(now, STREAM_NAMES)
+        model = self._model
+        p = self.params
+        return HealthSnapshot(
+            backend=model.backend.name if model else "",
+            model=model.bundle.name if model else "",
+            qos=f"{p.qos} depth {p.qos_depth}",
+            rates_hz={name: meter.rate(now) for name, meter in self._rates.items()},
+            pairs=self._pairs,
+            processed=self._processed,
+            drops=self._all_drops(),
+            inference_ms=self._inference_ms.percentiles(),
+            total_ms=self._total_ms.percentiles(),
+            latency_ms=self._latency_ms.percentiles(),
+            use_sim_time=self._use_sim_time,
+            silent_streams=silent,
+            model_error=self._model_error if model is None else "",
+        )
+
+    def _publish_diagnostics(self) -> None:
+        now = self._steady.now().nanoseconds * 1e-9
+        for stream, seconds in self._silence.update(now, STREAM_NAMES).items():
+            self._drops.add(f"stream_silent_{stream}")
+            other = [s for s in STREAM_NAMES if s != stream][0]
+            self.get_logger().warning(
+                f"no {stream} images for {seconds:.1f} s while {other} images arrive; "
+                "check the camera, topic name and QoS",
+                throttle_duration_sec=LOG_THROTTLE_S,
+            )
+        snapshot = self.health()
+        level, message = health_level(snapshot)
+        status = make_status(
+            f"{self.get_fully_qualified_name()}: fusion",
+            snapshot.backend or "none",
+            level,
+            message,
+            health_key_values(snapshot),
+        )
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self._pub_diag.publish(array)
+
+    # ---------------------------------------------------------------- shutdown
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = FusionNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

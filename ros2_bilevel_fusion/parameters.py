@@ -1,0 +1,241 @@
+"""fusion_node's parameters: one table (name, default, range, description, restart needed),
+the typed view the node works with, and the cross-parameter validation (pure, tested).
+
+Every parameter is declared once from :data:`PARAMETERS`. Ranges go into the ROS descriptor
+(so ``ros2 param set`` outside the range is refused by rclpy itself, with the range in the
+reason); :func:`validate` adds the checks a single range cannot express.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+QOS_CHOICES = ("sensor_data", "reliable")
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any
+    description: str
+    # Inclusive numeric range; None for strings, bools and arrays.
+    low: float | None = None
+    high: float | None = None
+    # read_only: the value is used to build subscriptions/timers, so a change needs a restart.
+    read_only: bool = False
+    # reload: a change makes the inference thread reload the model (bundle, backend, ...).
+    reload: bool = False
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec(
+        "ir_topic", "ir/image", "Infrared image topic (relative: follows namespace)", read_only=True
+    ),
+    ParameterSpec(
+        "visible_topic", "visible/image", "Visible image topic (relative)", read_only=True
+    ),
+    ParameterSpec(
+        "qos",
+        "sensor_data",
+        "Input QoS: sensor_data (best effort) or reliable; "
+        "must be compatible with the camera publishers",
+        read_only=True,
+    ),
+    ParameterSpec("qos_depth", 10, "Input QoS history depth", 1, 1000, read_only=True),
+    ParameterSpec(
+        "slop",
+        0.05,
+        "Approximate-time pairing: max stamp difference [s]",
+        0.0,
+        10.0,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "queue_size", 10, "Approximate-time pairing queue per stream", 1, 1000, read_only=True
+    ),
+    ParameterSpec(
+        "stream_timeout",
+        3.0,
+        "Warn when one stream is silent this long [s] while the other flows",
+        0.1,
+        3600.0,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "backend",
+        "auto",
+        "Inference backend: auto|tensorrt|onnxruntime|torch (changing it reloads the model)",
+        reload=True,
+    ),
+    ParameterSpec(
+        "bundle_path",
+        "",
+        "Model bundle folder; '' = the shipped default (changing it reloads the model)",
+        reload=True,
+    ),
+    ParameterSpec("fp16", False, "TensorRT FP16 engine (changing it reloads)", reload=True),
+    ParameterSpec(
+        "threads",
+        0,
+        "onnxruntime/torch intra-op threads, 0 = library default (changing it reloads)",
+        0,
+        256,
+        reload=True,
+    ),
+    ParameterSpec(
+        "score_threshold", -1.0, "Detection score threshold; < 0 = model.yaml default", -1.0, 1.0
+    ),
+    ParameterSpec("nms_iou", -1.0, "NMS IoU threshold; < 0 = model.yaml default", -1.0, 1.0),
+    ParameterSpec(
+        "max_detections", 0, "Max detections per image; 0 = model.yaml default", 0, 10000
+    ),
+    ParameterSpec(
+        "overlay_alpha", 0.5, "Segmentation overlay opacity in debug/colour images", 0.0, 1.0
+    ),
+    ParameterSpec("colour_output", True, "~/fused as bgr8 with visible chroma (true) or mono8"),
+    ParameterSpec("publish_detections", True, "Publish ~/detections and ~/detections/json"),
+    ParameterSpec("publish_segmentation", True, "Publish ~/segmentation and ~/segmentation/color"),
+    ParameterSpec("publish_debug", True, "Publish ~/debug_image (only while subscribed)"),
+    ParameterSpec(
+        "homography",
+        IDENTITY_HOMOGRAPHY,
+        "IR->visible homography, 9 row-major values (identity = same field of view, IR resized)",
+    ),
+    ParameterSpec(
+        "agc_low_percentile", 1.0, "16-bit/float thermal gain: low percentile", 0.0, 100.0
+    ),
+    ParameterSpec(
+        "agc_high_percentile", 99.0, "16-bit/float thermal gain: high percentile", 0.0, 100.0
+    ),
+    ParameterSpec(
+        "agc_smoothing", 0.0, "Thermal gain limit smoothing across frames, 0 = off", 0.0, 0.99
+    ),
+    ParameterSpec(
+        "diagnostics_period",
+        1.0,
+        "Seconds between /diagnostics messages",
+        0.1,
+        60.0,
+        read_only=True,
+    ),
+)
+SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class FusionParameters:
+    """Typed snapshot of every parameter (field names = parameter names)."""
+
+    ir_topic: str
+    visible_topic: str
+    qos: str
+    qos_depth: int
+    slop: float
+    queue_size: int
+    stream_timeout: float
+    backend: str
+    bundle_path: str
+    fp16: bool
+    threads: int
+    score_threshold: float
+    nms_iou: float
+    max_detections: int
+    overlay_alpha: float
+    colour_output: bool
+    publish_detections: bool
+    publish_segmentation: bool
+    publish_debug: bool
+    homography: tuple[float, ...]
+    agc_low_percentile: float
+    agc_high_percentile: float
+    agc_smoothing: float
+    diagnostics_period: float
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> FusionParameters:
+        kwargs = {}
+        for f in fields(cls):
+            value = values[f.name]
+            if f.name == "homography":
+                value = tuple(float(v) for v in value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def replace(self, changes: Mapping[str, Any]) -> FusionParameters:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return FusionParameters.from_values(values)
+
+
+def validate(params: FusionParameters) -> str | None:
+    """None when the combination is usable, else the reason (shown to ``ros2 param set``)."""
+    from ros2_bilevel_fusion.registration import parse_homography
+
+    if params.qos not in QOS_CHOICES:
+        return f"qos must be one of {QOS_CHOICES}, got {params.qos!r}"
+    if params.backend.strip().lower() not in BACKEND_CHOICES:
+        return f"backend must be one of {BACKEND_CHOICES}, got {params.backend!r}"
+    if not params.agc_low_percentile < params.agc_high_percentile:
+        return (
+            f"agc_low_percentile ({params.agc_low_percentile}) must be below "
+            f"agc_high_percentile ({params.agc_high_percentile})"
+        )
+    for spec in PARAMETERS:
+        if spec.low is None:
+            continue
+        value = getattr(params, spec.name)
+        if not spec.low <= value <= spec.high:
+            return f"{spec.name}={value} is outside [{spec.low}, {spec.high}]"
+    try:
+        parse_homography(params.homography)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def descriptor(spec: ParameterSpec) -> Any:
+    """rcl_interfaces/ParameterDescriptor for one spec (ROS import kept local)."""
+    from rcl_interfaces.msg import (
+        FloatingPointRange,
+        IntegerRange,
+        ParameterDescriptor,
+        ParameterType,
+    )
+
+    types = {
+        bool: ParameterType.PARAMETER_BOOL,
+        int: ParameterType.PARAMETER_INTEGER,
+        float: ParameterType.PARAMETER_DOUBLE,
+        str: ParameterType.PARAMETER_STRING,
+        tuple: ParameterType.PARAMETER_DOUBLE_ARRAY,
+    }
+    desc = ParameterDescriptor(
+        name=spec.name,
+        type=types[type(spec.default)],
+        description=spec.description,
+        read_only=spec.read_only,
+    )
+    if spec.low is not None:
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            desc.integer_range = [
+                IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)
+            ]
+        else:
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
+            ]
+    return desc
+
+
+def declare_all(node: Any) -> FusionParameters:
+    """Declare every parameter once on ``node`` and return their (possibly overridden) values."""
+    values = {}
+    for spec in PARAMETERS:
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        param = node.declare_parameter(spec.name, default, descriptor(spec))
+        values[spec.name] = param.value
+    return FusionParameters.from_values(values)

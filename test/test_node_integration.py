@@ -1,0 +1,366 @@
+"""fusion_node end to end: real rclpy + Fast DDS, the node in its own process, the fixture bundle.
+
+The test process publishes synthetic IR (mono8) + visible (bgr8) pairs and checks every output
+topic: count, encoding, size, stamp and frame_id copied from the visible input, content.
+The helpers here are reused by test_node_bad_input.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from ros2_bilevel_fusion.codec import array_to_msg, msg_to_array  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VISIBLE_FRAME = "synthetic_visible_optical"
+# Deliberately not multiples of 32: the node must pad for the graph and crop back.
+HEIGHT, WIDTH = 90, 124
+QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+OUTPUT_TOPICS = {
+    "fused": Image,
+    "segmentation": Image,
+    "segmentation/color": Image,
+    "debug_image": Image,
+    "detections/json": String,
+}
+
+
+def start_node(namespace: str, *params: str, log_path: Path) -> subprocess.Popen:
+    """fusion_node as `python -m ros2_bilevel_fusion.node` in ``namespace``; env from conftest."""
+    args = [
+        sys.executable,
+        "-m",
+        "ros2_bilevel_fusion.node",
+        "--ros-args",
+        "-r",
+        f"__ns:={namespace}",
+    ]
+    for param in params:
+        args += ["-p", param]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_node
+    process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.log_file = log  # type: ignore[attr-defined]
+    return process
+
+
+def stop_node(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    process.log_file.close()  # type: ignore[attr-defined]
+
+
+@dataclass
+class Received:
+    messages: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, topic: str, msg: Any) -> None:
+        with self.lock:
+            self.messages[topic].append(msg)
+
+    def get(self, topic: str) -> list[Any]:
+        with self.lock:
+            return list(self.messages[topic])
+
+
+class Harness:
+    """A test node in its own context: input publishers, output subscriptions, spinning."""
+
+    def __init__(self, namespace: str) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node("synthetic_camera_rig", namespace=namespace, context=self.context)
+        self.node_ns = f"{namespace}/fusion_node"
+        self.pub_ir = self.node.create_publisher(Image, "ir/image", QOS)
+        self.pub_visible = self.node.create_publisher(Image, "visible/image", QOS)
+        self.received = Received()
+        self.subs = []
+        for topic, msg_type in OUTPUT_TOPICS.items():
+            self.subs.append(
+                self.node.create_subscription(
+                    msg_type, f"{self.node_ns}/{topic}", self._callback(topic), QOS
+                )
+            )
+        self.subs.append(
+            self.node.create_subscription(
+                DiagnosticArray, "/diagnostics", self._diagnostics_callback, 10
+            )
+        )
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # context shut down while spinning
+            pass
+
+    def _callback(self, topic: str) -> Callable[[Any], None]:
+        return lambda msg: self.received.add(topic, msg)
+
+    def _diagnostics_callback(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            self.received.add("diagnostics", status)
+
+    def node_status(self) -> dict[str, str] | None:
+        """Key/values (+ 'level', 'message') of the newest status of our node, if any."""
+        for status in reversed(self.received.get("diagnostics")):
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name.startswith(f"{self.node_ns}:"):
+                values["level"] = str(status.level[0])
+                values["message"] = status.message
+                return values
+        return None
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+    def wait_for_node_ready(self, timeout_s: float = 60.0) -> None:
+        """Publishers matched (the node's subscriptions) and outputs matched; model loaded."""
+        self.wait_for(
+            lambda: (
+                self.pub_ir.get_subscription_count() > 0
+                and self.pub_visible.get_subscription_count() > 0
+                and all(sub.get_publisher_count() > 0 for sub in self.subs)
+            ),
+            timeout_s,
+            "discovery between the test rig and fusion_node",
+        )
+        self.wait_for(
+            lambda: (self.node_status() or {}).get("backend", "none") != "none",
+            timeout_s,
+            "fusion_node to load its model (diagnostics backend != none)",
+        )
+
+    def publish_pair(self, ir_msg: Image, visible_msg: Image) -> None:
+        self.pub_ir.publish(ir_msg)
+        self.pub_visible.publish(visible_msg)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5)
+
+
+def synthetic_ir(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """Dark background, one hot 32x32 square that moves with the index."""
+    ir = np.full((height, width), 40, np.uint8)
+    x = 16 + 4 * index
+    ir[32:64, x : x + 32] = 250
+    return ir
+
+
+def synthetic_visible(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """Horizontal grey ramp with a tint, so the colour restore has chroma to carry."""
+    ramp = np.linspace(0, 200, width, dtype=np.float32)[None, :].repeat(height, 0)
+    bgr = np.stack([ramp, ramp * 0.8 + 20, ramp * 0.5 + 40], axis=2)
+    return np.clip(bgr + index, 0, 255).astype(np.uint8)
+
+
+def make_pair(
+    index: int, base_ns: int, ir: np.ndarray | None = None, ir_encoding: str = "mono8"
+) -> tuple[Image, Image]:
+    """IR stamped 3 ms before the visible image (inside the default 50 ms slop)."""
+    stamp_ns = base_ns + index * 100_000_000
+    ir_msg = array_to_msg(synthetic_ir(index) if ir is None else ir, ir_encoding)
+    ir_msg.header.stamp.sec, ir_msg.header.stamp.nanosec = divmod(stamp_ns - 3_000_000, 10**9)
+    ir_msg.header.frame_id = "synthetic_ir_optical"
+    visible_msg = array_to_msg(synthetic_visible(index), "bgr8")
+    visible_msg.header.stamp.sec, visible_msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+    visible_msg.header.frame_id = VISIBLE_FRAME
+    return ir_msg, visible_msg
+
+
+def stamp_ns(header: Any) -> int:
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
+@pytest.fixture(scope="module")
+def running_node(fixture_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    namespace = "/it_good"
+    log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
+    process = start_node(
+        namespace,
+        f"bundle_path:={fixture_bundle}",
+        "backend:=onnxruntime",
+        "threads:=1",
+        "qos:=reliable",
+        "diagnostics_period:=0.5",
+        log_path=log_path,
+    )
+    harness = Harness(namespace)
+    try:
+        harness.wait_for_node_ready()
+        yield harness, process
+    except AssertionError:
+        print(log_path.read_text())
+        raise
+    finally:
+        harness.close()
+        stop_node(process)
+        print(log_path.read_text()[-4000:])
+
+
+PAIRS = 12
+
+
+def test_every_output_topic_for_every_pair(running_node) -> None:
+    harness, process = running_node
+    base_ns = 1_700_000_000 * 10**9
+    sent = [make_pair(i, base_ns) for i in range(PAIRS)]
+    for ir_msg, visible_msg in sent:
+        harness.publish_pair(ir_msg, visible_msg)
+        time.sleep(0.1)  # 10 Hz: the fixture on a 96x128 image keeps up by far
+    visible_stamps = [stamp_ns(v.header) for _, v in sent]
+
+    def have_all() -> bool:
+        return all(len(harness.received.get(t)) >= PAIRS for t in OUTPUT_TOPICS)
+
+    harness.wait_for(have_all, 30.0, f"{PAIRS} messages on every output topic")
+    assert process.poll() is None
+
+    for topic in OUTPUT_TOPICS:
+        messages = harness.received.get(topic)
+        stamps = [stamp_ns(m.header) if hasattr(m, "header") else None for m in messages]
+        if topic == "detections/json":
+            payloads = [json.loads(m.data) for m in messages]
+            stamps = [p["stamp"]["sec"] * 10**9 + p["stamp"]["nanosec"] for p in payloads]
+            assert all(p["frame_id"] == VISIBLE_FRAME for p in payloads)
+            assert all(p["image_size"] == [WIDTH, HEIGHT] for p in payloads)
+        else:
+            assert all(m.header.frame_id == VISIBLE_FRAME for m in messages), topic
+            assert all((m.height, m.width) == (HEIGHT, WIDTH) for m in messages), topic
+        assert stamps == visible_stamps, f"{topic}: output stamps must be the visible stamps"
+
+    encodings = {
+        "fused": "bgr8",
+        "segmentation": "mono8",
+        "segmentation/color": "bgr8",
+        "debug_image": "bgr8",
+    }
+    for topic, encoding in encodings.items():
+        assert {m.encoding for m in harness.received.get(topic)} == {encoding}, topic
+
+
+def test_fused_content_follows_both_inputs(running_node) -> None:
+    harness, _ = running_node
+    fused_msgs = harness.received.get("fused")
+    if not fused_msgs:
+        pytest.skip("needs the messages of test_every_output_topic_for_every_pair")
+    for index, msg in enumerate(fused_msgs[:PAIRS]):
+        fused = msg_to_array(msg)
+        fused_y = cv2.cvtColor(fused, cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(int)
+        ir = synthetic_ir(index).astype(int)
+        visible_y = cv2.cvtColor(synthetic_visible(index), cv2.COLOR_BGR2YCrCb)[:, :, 0]
+        # The fixture fuses with max(ir, Y): the fused luma is at least each input's (to within
+        # the rounding of two colour conversions).
+        assert (fused_y >= ir - 3).mean() > 0.99
+        assert (fused_y >= visible_y.astype(int) - 3).mean() > 0.99
+        assert abs(fused_y[32:64, 16 + 4 * index : 48 + 4 * index].mean() - 250) < 6
+
+
+def test_detections_find_the_hot_square(running_node) -> None:
+    harness, _ = running_node
+    payloads = [json.loads(m.data) for m in harness.received.get("detections/json")]
+    if not payloads:
+        pytest.skip("needs the messages of test_every_output_topic_for_every_pair")
+    for index, payload in enumerate(payloads[:PAIRS]):
+        hits = [d for d in payload["detections"] if d["class_name"] == "bicycle"]
+        assert hits, f"pair {index}: the fixture's IR-hot class must fire on the hot square"
+        cx = max(hits, key=lambda d: d["score"])["bbox"]["center_x"]
+        assert 16 + 4 * index - 8 <= cx <= 48 + 4 * index + 8
+
+
+def test_segmentation_labels_are_fixture_classes(running_node) -> None:
+    harness, _ = running_node
+    messages = harness.received.get("segmentation")
+    if not messages:
+        pytest.skip("needs the messages of test_every_output_topic_for_every_pair")
+    labels = msg_to_array(messages[0])
+    assert labels.max() < 4
+    assert labels[40, 30] != 0  # the hot square is not background
+
+
+def test_diagnostics_report_counts_and_backend(running_node) -> None:
+    harness, _ = running_node
+    harness.wait_for(
+        lambda: int((harness.node_status() or {}).get("processed", 0)) >= PAIRS,
+        10.0,
+        "diagnostics to count the processed pairs",
+    )
+    status = harness.node_status()
+    assert status["backend"].startswith("onnxruntime")
+    assert status["model"] == "fixture"
+    assert int(status["pairs"]) >= PAIRS
+    assert "inference_ms_p50" in status and "latency_ms_p95" in status
+    assert status["level"] == "0"
+
+
+def test_live_parameter_change_and_rejection(running_node) -> None:
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    harness, _ = running_node
+    client = AsyncParameterClient(harness.node, harness.node_ns)
+    assert client.wait_for_services(timeout_sec=20.0)
+
+    def set_params(*params: Parameter) -> list[Any]:
+        future = client.set_parameters(list(params))
+        harness.wait_for(future.done, 10.0, "set_parameters reply")
+        return future.result().results
+
+    rejected = set_params(Parameter("score_threshold", value=1.5))
+    assert not rejected[0].successful and rejected[0].reason
+    rejected = set_params(
+        Parameter("agc_low_percentile", value=99.5),
+    )
+    assert not rejected[0].successful and "agc_high_percentile" in rejected[0].reason
+    rejected = set_params(Parameter("qos", value="reliable"))  # read-only: needs a restart
+    assert not rejected[0].successful
+    accepted = set_params(Parameter("colour_output", value=False))
+    assert accepted[0].successful
+    before = len(harness.received.get("fused"))
+    ir_msg, visible_msg = make_pair(0, 1_800_000_000 * 10**9)
+    harness.publish_pair(ir_msg, visible_msg)
+    harness.wait_for(lambda: len(harness.received.get("fused")) > before, 10.0, "a fused image")
+    assert harness.received.get("fused")[-1].encoding == "mono8"
+    set_params(Parameter("colour_output", value=True))
