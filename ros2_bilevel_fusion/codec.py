@@ -157,6 +157,12 @@ def encode(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
     The array must have the shape and dtype :func:`decode` returns for ``encoding``; yuv422*
     and bayer* take a bgr8 HxWx3 array (lossy).
     """
+    height, width, step, raw = _encode_raw(array_in, encoding)
+    return height, width, step, raw.tobytes()
+
+
+def _encode_raw(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, np.ndarray]:
+    """Like :func:`encode`, but the data as a C-contiguous array (possibly ``array_in``)."""
     layout = _layout(encoding)
     image = np.asarray(array_in)
     expected_channels = layout.channels
@@ -186,7 +192,7 @@ def encode(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
         image = _bgr_to_bayer(image, encoding)
     image = np.ascontiguousarray(image, dtype=layout.dtype)
     step = image.strides[0]
-    return height, width, step, image.tobytes()
+    return height, width, step, image
 
 
 def msg_to_array(msg: Any) -> np.ndarray:
@@ -198,7 +204,7 @@ def array_to_msg(array_in: np.ndarray, encoding: str, header: Any = None) -> Any
     """Build a sensor_msgs/Image; ``header`` (std_msgs/Header) is copied in when given."""
     if _ImageMsg is None:
         raise ImportError("sensor_msgs is not importable; array_to_msg needs ROS 2 messages")
-    height, width, step, data = encode(array_in, encoding)
+    height, width, step, raw = _encode_raw(array_in, encoding)
     msg = _ImageMsg()
     if header is not None:
         msg.header = header
@@ -207,10 +213,11 @@ def array_to_msg(array_in: np.ndarray, encoding: str, header: Any = None) -> Any
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = step
-    # The generated setter keeps an array.array('B') as is; bytes or lists go through a
-    # per-element check that is orders of magnitude slower on a 640x512 image.
+    # The generated setter keeps an array.array('B') as is; anything else is converted, and
+    # with ROS_PYTHON_CHECK_FIELDS=1 bytes/lists go through a per-element check that costs
+    # seconds on a 640x512 image. One memcpy straight from the numpy buffer.
     buffer = array.array("B")
-    buffer.frombytes(data)
+    buffer.frombytes(memoryview(raw).cast("B"))
     msg.data = buffer
     return msg
 

@@ -239,6 +239,15 @@ def test_segmentation_labels_argmax_and_crop() -> None:
         segmentation_labels(logits[0, 0], (6, 7))
 
 
+def test_segmentation_labels_equal_argmax_on_random_logits() -> None:
+    logits = np.random.default_rng(3).normal(0, 1, (1, 7, 40, 48)).astype(np.float32)
+    logits[0, 3, 0, :5] = logits[0, 5, 0, :5] = 10.0  # ties go to the lower class, as argmax
+    expected = np.argmax(logits[0, :, :33, :47], axis=0)
+    np.testing.assert_array_equal(segmentation_labels(logits, (33, 47)), expected)
+    logits[0, 2, 1, 1] = np.nan
+    assert segmentation_labels(logits, (33, 47))[1, 1] != 2  # NaN never wins
+
+
 def test_colorize_labels_uses_bgr_and_blacks_out_unknown_ids() -> None:
     labels = np.array([[0, 1, 2, 9]], np.uint8)
     colour = colorize_labels(labels, [(0, 0, 0), (255, 0, 0), (10, 20, 30)])
