@@ -220,33 +220,35 @@ def test_render_functions() -> None:
     np.testing.assert_array_equal(debug[background], result.fused_bgr[background])
 
 
+class OrtFixtureBackend:
+    """A minimal onnxruntime runner for the test fixture bundle (single thread)."""
+
+    name = "onnxruntime-test"
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        ort = pytest.importorskip("onnxruntime")
+        self.bundle = bundle
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(bundle.onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def infer(self, ir: np.ndarray, visible_ycrcb: np.ndarray) -> dict[str, np.ndarray]:
+        names = self.bundle.output_names
+        values = self.session.run(names, {"ir": ir, "visible_ycrcb": visible_ycrcb})
+        return dict(zip(names, values, strict=True))
+
+
 def test_fixture_onnx_bundle_through_onnxruntime(fixture_bundle: Path) -> None:
     """The pipeline on the real bundle contract: the untrained fixture graph (max fusion)."""
-    ort = pytest.importorskip("onnxruntime")
     from ros2_bilevel_fusion.bundle import load_bundle
 
-    bundle = load_bundle(fixture_bundle)
-
-    class OrtFixtureBackend:
-        name = "onnxruntime-test"
-
-        def __init__(self) -> None:
-            self.bundle = bundle
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            self.session = ort.InferenceSession(
-                str(bundle.onnx_path), options, providers=["CPUExecutionProvider"]
-            )
-
-        def infer(self, ir: np.ndarray, visible_ycrcb: np.ndarray) -> dict[str, np.ndarray]:
-            names = bundle.output_names
-            values = self.session.run(names, {"ir": ir, "visible_ycrcb": visible_ycrcb})
-            return dict(zip(names, values, strict=True))
-
+    backend = OrtFixtureBackend(load_bundle(fixture_bundle))
     visible = np.full((70, 90, 3), 40, np.uint8)
     ir = np.full((70, 90), 30, np.uint8)
     ir[20:44, 30:54] = 250  # a hot synthetic square: class 1 fires on bright IR
-    result: FusionResult = FusionPipeline(OrtFixtureBackend()).process(ir, visible)
+    result: FusionResult = FusionPipeline(backend).process(ir, visible)
     luma = cv2.cvtColor(visible, cv2.COLOR_BGR2YCrCb)[..., 0]
     np.testing.assert_array_equal(result.fused_y, np.maximum(ir, luma))
     assert result.detections is not None and len(result.detections) >= 1
@@ -255,3 +257,26 @@ def test_fixture_onnx_bundle_through_onnxruntime(fixture_bundle: Path) -> None:
     assert 30 <= centre[0] <= 54 and 20 <= centre[1] <= 44
     assert result.seg_labels is not None and result.seg_labels.shape == (70, 90)
     assert result.seg_labels[30, 40] != result.seg_labels[5, 5]
+
+
+@pytest.mark.parametrize("subset", ["roadscene", "tno"])
+def test_real_pair_through_fixture_bundle(
+    fixture_bundle: Path, shared_data: Path, subset: str
+) -> None:
+    """A real pair of odd size (not a multiple of 32) through the fixture graph."""
+    from ros2_bilevel_fusion.bundle import load_bundle
+
+    ir_path = sorted((shared_data / subset / "ir").iterdir())[0]
+    visible_path = next((shared_data / subset / "vi").glob(ir_path.stem + ".*"))
+    ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE)
+    visible = cv2.imread(str(visible_path), cv2.IMREAD_COLOR)
+    assert ir is not None and visible is not None
+    result = FusionPipeline(OrtFixtureBackend(load_bundle(fixture_bundle))).process(ir, visible)
+    hw = visible.shape[:2]
+    assert result.fused_y.shape == hw and result.seg_labels.shape == hw
+    registered = Registration.identity().warp(ir, hw)
+    luma = cv2.cvtColor(visible, cv2.COLOR_BGR2YCrCb)[..., 0]
+    np.testing.assert_array_equal(result.fused_y, np.maximum(registered, luma))
+    boxes = result.detections.boxes
+    assert np.all(boxes[:, 2] <= hw[1]) and np.all(boxes[:, 3] <= hw[0])
+    assert result.fused_bgr.shape == (*hw, 3)
