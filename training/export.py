@@ -278,9 +278,8 @@ def _build_tensorrt(args: argparse.Namespace, onnx_path: Path) -> Path:
         fp16=args.fp16,
         int8_calibrator=calibrator,
         timing_cache_path=Path(args.timing_cache) if args.timing_cache else None,
-        min_hw=(256, 256),
+        # min / max H, W: the backend's defaults (32x32 .. 1088x1920); tuned for 640x480
         opt_hw=(480, 640),
-        max_hw=(1088, 1920),
     )
     engine_path = onnx_path.with_suffix(".engine")
     engine_path.write_bytes(engine)
