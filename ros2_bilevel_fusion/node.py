@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,8 @@ class FusionNode(Node):
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
 
         self._drops = DropCounter()
+        self._last_logged: dict[str, float] = {}
+        self._log_lock = threading.Lock()
         self._rates = {name: RateMeter() for name in (*STREAM_NAMES, "pairs", "processed")}
         self._inference_ms = LatencyWindow()
         self._total_ms = LatencyWindow()
@@ -461,8 +464,19 @@ class FusionNode(Node):
                 self._count_error("processing_error", f"processing a pair failed: {exc!r}")
 
     def _count_error(self, reason: str, message: str) -> None:
+        """Count always; log at most once per LOG_THROTTLE_S *per reason*.
+
+        rclpy's throttle_duration_sec throttles per call site, and every reason passes through
+        this one site: a flood of one error would hide the first occurrence of another.
+        """
         self._drops.add(reason)
-        self.get_logger().error(f"{message} [{reason}]", throttle_duration_sec=LOG_THROTTLE_S)
+        now = time.monotonic()
+        with self._log_lock:
+            last = self._last_logged.get(reason)
+            if last is not None and now - last < LOG_THROTTLE_S:
+                return
+            self._last_logged[reason] = now
+        self.get_logger().error(f"{message} [{reason}, repeats logged every {LOG_THROTTLE_S:g} s]")
 
     def _decode(self, msg: Image, stream: int) -> np.ndarray | None:
         name = STREAM_NAMES[stream]

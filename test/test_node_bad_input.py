@@ -1,0 +1,228 @@
+"""fusion_node under bad input: wrong encoding, short data, inconsistent header, thermal 16UC1 and
+32FC1 input, a broken bundle at start, a camera that stops, invalid parameters.
+
+The node (separate process) must survive, keep serving the good pairs, and count every problem
+in /diagnostics. Parameter validation is also tested as pure functions.
+"""
+
+from __future__ import annotations
+
+import array
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+
+from test_node_integration import (  # noqa: E402
+    Harness,
+    make_pair,
+    stamp_ns,
+    start_node,
+    stop_node,
+    synthetic_ir,
+)
+
+from ros2_bilevel_fusion.parameters import (  # noqa: E402
+    PARAMETERS,
+    FusionParameters,
+    validate,
+)
+
+
+def _defaults() -> FusionParameters:
+    return FusionParameters.from_values({s.name: s.default for s in PARAMETERS})
+
+
+# ------------------------------------------------------------------ pure parameter validation
+def test_default_parameters_are_valid() -> None:
+    assert validate(_defaults()) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason_part"),
+    [
+        ({"qos": "best_effort"}, "qos"),
+        ({"backend": "openvino"}, "backend"),
+        ({"agc_low_percentile": 99.0, "agc_high_percentile": 1.0}, "agc_low_percentile"),
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"homography": (1.0, 0.0, 0.0)}, "9"),
+        ({"homography": (0.0,) * 9}, "homography"),
+        ({"qos_depth": 0}, "qos_depth"),
+    ],
+)
+def test_invalid_parameter_combinations_give_a_reason(changes, reason_part) -> None:
+    reason = validate(_defaults().replace(changes))
+    assert reason is not None and reason_part in reason
+
+
+# ------------------------------------------------------------------ node process
+def _start(namespace: str, tmp_path_factory, *params: str) -> tuple[Harness, object, Path]:
+    log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
+    process = start_node(namespace, *params, log_path=log_path)
+    return Harness(namespace), process, log_path
+
+
+@pytest.fixture(scope="module")
+def fixture_node(fixture_bundle: Path, tmp_path_factory) -> Iterator:
+    harness, process, log_path = _start(
+        "/it_bad",
+        tmp_path_factory,
+        f"bundle_path:={fixture_bundle}",
+        "backend:=onnxruntime",
+        "threads:=1",
+        "qos:=reliable",
+        "diagnostics_period:=0.3",
+        "stream_timeout:=0.6",
+    )
+    try:
+        harness.wait_for_node_ready()
+        yield harness, process
+    finally:
+        harness.close()
+        stop_node(process)
+        print(log_path.read_text()[-4000:])
+
+
+def _drops(status: dict[str, str], reason: str) -> int:
+    return int(status.get(f"drops.{reason}", 0))
+
+
+def test_bad_images_are_counted_and_good_ones_still_served(fixture_node) -> None:
+    harness, process = fixture_node
+    base_ns = 1_750_000_000 * 10**9
+    good_stamps: list[int] = []
+    index = 0
+
+    def send(ir_msg, visible_msg, good: bool) -> None:
+        nonlocal index
+        harness.publish_pair(ir_msg, visible_msg)
+        if good:
+            good_stamps.append(stamp_ns(visible_msg.header))
+        index += 1
+        time.sleep(0.1)
+
+    # Wrong (unknown) IR encoding.
+    for _ in range(2):
+        ir_msg, visible_msg = make_pair(index, base_ns)
+        ir_msg.encoding = "synthetic_unknown8"
+        send(ir_msg, visible_msg, good=False)
+    # Visible data shorter than step * height (a truncated message).
+    for _ in range(2):
+        ir_msg, visible_msg = make_pair(index, base_ns)
+        visible_msg.data = array.array("B", bytes(visible_msg.data)[: len(visible_msg.data) // 2])
+        send(ir_msg, visible_msg, good=False)
+    # Header width larger than the row step says (consistent length, impossible layout).
+    ir_msg, visible_msg = make_pair(index, base_ns)
+    visible_msg.width = visible_msg.width + 10
+    send(ir_msg, visible_msg, good=False)
+    # Thermal cameras: 16UC1 counts and 32FC1 kelvin with a NaN pixel, through gain control.
+    thermal16 = 3000 + synthetic_ir(index).astype(np.uint16) * 4
+    send(*make_pair(index, base_ns, ir=thermal16, ir_encoding="16UC1"), good=True)
+    kelvin = 280.0 + synthetic_ir(index).astype(np.float32) / 10.0
+    kelvin[0, 0] = np.nan
+    send(*make_pair(index, base_ns, ir=kelvin, ir_encoding="32FC1"), good=True)
+    # Good pairs afterwards.
+    for _ in range(3):
+        send(*make_pair(index, base_ns), good=True)
+
+    harness.wait_for(
+        lambda: len(harness.received.get("fused")) >= len(good_stamps),
+        20.0,
+        "fused images of the good pairs",
+    )
+    assert process.poll() is None, "the node must survive bad input"
+    fused = harness.received.get("fused")
+    assert [stamp_ns(m.header) for m in fused] == good_stamps
+    thermal_fused = fused[0]
+    assert thermal_fused.encoding == "bgr8"
+
+    def counted() -> bool:
+        status = harness.node_status() or {}
+        return (
+            _drops(status, "decode_error_ir") >= 2
+            and _drops(status, "size_mismatch_visible") >= 2
+            and _drops(status, "decode_error_visible") >= 1
+            and int(status.get("processed", 0)) >= len(good_stamps)
+        )
+
+    harness.wait_for(counted, 10.0, "diagnostics to count every dropped image by reason")
+
+
+def test_silent_camera_is_reported(fixture_node) -> None:
+    harness, process = fixture_node
+    base_ns = 1_760_000_000 * 10**9
+    for index in range(12):  # 1.2 s of visible only; stream_timeout is 0.6 s
+        _, visible_msg = make_pair(index, base_ns)
+        harness.pub_visible.publish(visible_msg)
+        time.sleep(0.1)
+
+    def silent_reported() -> bool:
+        status = harness.node_status() or {}
+        return "silent_ir_s" in status and _drops(status, "stream_silent_ir") >= 1
+
+    harness.wait_for(silent_reported, 10.0, "diagnostics to report the silent IR stream")
+    status = harness.node_status()
+    assert status["level"] == "1" and "ir" in status["message"]
+    assert process.poll() is None
+
+
+def test_broken_bundle_keeps_node_alive_and_reloads(fixture_bundle: Path, tmp_path_factory) -> None:
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    missing = tmp_path_factory.mktemp("no_bundle") / "synthetic_missing_bundle"
+    harness, process, log_path = _start(
+        "/it_broken",
+        tmp_path_factory,
+        f"bundle_path:={missing}",
+        "backend:=onnxruntime",
+        "threads:=1",
+        "qos:=reliable",
+        "diagnostics_period:=0.3",
+    )
+    try:
+        harness.wait_for(
+            lambda: (harness.node_status() or {}).get("level") == "2",
+            60.0,
+            "diagnostics ERROR for the missing bundle",
+        )
+        status = harness.node_status()
+        assert "model.yaml" in status["model_error"] and status["backend"] == "none"
+        harness.wait_for(
+            lambda: (
+                harness.pub_ir.get_subscription_count() > 0
+                and all(sub.get_publisher_count() > 0 for sub in harness.subs)
+            ),
+            30.0,
+            "discovery",
+        )
+        ir_msg, visible_msg = make_pair(0, 1_770_000_000 * 10**9)
+        harness.publish_pair(ir_msg, visible_msg)
+        harness.wait_for(
+            lambda: _drops(harness.node_status() or {}, "no_model") >= 1,
+            10.0,
+            "the pair without a model to be counted",
+        )
+
+        client = AsyncParameterClient(harness.node, harness.node_ns)
+        assert client.wait_for_services(timeout_sec=20.0)
+        future = client.set_parameters([Parameter("bundle_path", value=str(fixture_bundle))])
+        harness.wait_for(future.done, 10.0, "set_parameters reply")
+        assert future.result().results[0].successful
+        harness.wait_for(
+            lambda: (harness.node_status() or {}).get("backend", "none").startswith("onnx"),
+            30.0,
+            "the node to load the bundle after bundle_path changed",
+        )
+        ir_msg, visible_msg = make_pair(1, 1_770_000_000 * 10**9)
+        harness.publish_pair(ir_msg, visible_msg)
+        harness.wait_for(lambda: len(harness.received.get("fused")) >= 1, 10.0, "fused image")
+        assert process.poll() is None
+    finally:
+        harness.close()
+        stop_node(process)
+        print(log_path.read_text()[-4000:])
