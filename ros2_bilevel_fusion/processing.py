@@ -176,7 +176,8 @@ def decode_detections(
     """Decode FCOS-style raw heads (see :class:`bundle.DetectionSpec`) into final detections.
 
     Per level: score = sqrt(sigmoid(cls) * sigmoid(ctr)) for every class; candidates with
-    score >= ``score_threshold``, at most PRE_NMS_TOP_K per level; boxes from the anchor point
+    score > ``score_threshold`` (strict, as training's ``decode_detections_torch`` and
+    torchvision's FCOS), at most PRE_NMS_TOP_K per level; boxes from the anchor point
     and the ``ltrb`` distances times the stride (negative distances clamp to 0), clipped to
     ``image_hw``; boxes empty after clipping (wholly in the padding) are dropped; then
     class-aware NMS and the ``max_detections`` best.
@@ -200,7 +201,7 @@ def decode_detections(
         scores = np.sqrt(
             _sigmoid(cls_logits.reshape(num_classes, cells)) * _sigmoid(ctr.reshape(1, cells))
         )
-        class_ids, cell_ids = np.nonzero(scores >= score_threshold)
+        class_ids, cell_ids = np.nonzero(scores > score_threshold)
         if cell_ids.size == 0:
             continue
         candidate_scores = scores[class_ids, cell_ids]

@@ -154,6 +154,7 @@ def test_score_is_sqrt_of_class_times_centerness() -> None:
     assert detections.scores.tolist() == pytest.approx([0.5])
     np.testing.assert_allclose(detections.boxes[0], [8, 8, 40, 40])
     assert len(decode(outputs, threshold=0.51)) == 0
+    assert len(decode(outputs, threshold=0.5)) == 0  # strict, as training's decoder
 
 
 def test_boxes_are_clipped_and_padding_only_boxes_dropped() -> None:
@@ -281,3 +282,30 @@ def test_draw_detections_draws_on_a_copy() -> None:
     assert not out[55, 35].any()  # box interior untouched
     assert out[15:30, 10:60].any()  # label above the box
     assert draw_detections(image, Detections.empty(), []).sum() == 0
+
+
+def test_matches_the_training_decoder_on_random_heads() -> None:
+    """Runtime and training decode the same heads to the same detections (agreed rule)."""
+    torch = pytest.importorskip("torch")
+    models = pytest.importorskip("training.models")
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    outputs = synthetic_heads((128, 160))
+    heads = []
+    for level in SPEC.levels:
+        cls = rng.normal(-3.0, 2.0, outputs[level.cls].shape).astype(np.float32)
+        # Small boxes near their anchors: clipping to the image (runtime only) is a no-op.
+        box = rng.uniform(0.1, 2.0, outputs[level.box].shape).astype(np.float32)
+        ctr = rng.normal(0.0, 1.0, outputs[level.ctr].shape).astype(np.float32)
+        box[:, :, [0, 1, -2, -1], :] = 0.1  # keep border cells inside the 128x160 image
+        box[:, :, :, [0, 1, -2, -1]] = 0.1
+        outputs.update({level.cls: cls, level.box: box, level.ctr: ctr})
+        heads.append(tuple(torch.from_numpy(a) for a in (cls, box, ctr)))
+    ours = decode(outputs, image_hw=(128, 160), threshold=0.3, iou=0.5, max_det=50)
+    theirs = models.decode_detections_torch(
+        heads, strides=(8, 16), score_threshold=0.3, nms_iou=0.5, max_detections=50
+    )[0]
+    assert len(ours) > 10
+    np.testing.assert_allclose(ours.boxes, theirs["boxes"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours.scores, theirs["scores"].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(ours.class_ids, theirs["labels"].numpy())
