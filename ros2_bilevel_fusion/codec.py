@@ -89,6 +89,22 @@ def _layout(encoding: str) -> _Layout:
         ) from None
 
 
+def _as_byte_view(data: Any) -> memoryview:
+    if isinstance(data, (list, tuple)):
+        # Hand-built messages may carry a list of ints; slow, but not wrong.
+        try:
+            return memoryview(bytes(data))
+        except (TypeError, ValueError) as exc:
+            raise ImageCodecError(f"image data list is not a list of bytes: {exc}") from exc
+    try:
+        view = memoryview(data)
+    except TypeError as exc:
+        raise ImageCodecError(f"image data of type {type(data).__name__} is not a buffer") from exc
+    if not view.c_contiguous:
+        raise ImageCodecError("image data buffer is not contiguous")
+    return view.cast("B")
+
+
 def decode(
     height: int, width: int, encoding: str, step: int, is_bigendian: int | bool, data: Any
 ) -> np.ndarray:
@@ -108,10 +124,7 @@ def decode(
         raise ImageCodecError(
             f"{encoding} {width}x{height}: step {step} is smaller than one row ({row_bytes} bytes)"
         )
-    try:
-        buffer = memoryview(data).cast("B")
-    except TypeError as exc:
-        raise ImageCodecError(f"image data of type {type(data).__name__} is not a buffer") from exc
+    buffer = _as_byte_view(data)
     # The last row need not carry its padding; ROS says len == step * height, we accept less.
     needed = step * (height - 1) + row_bytes
     if buffer.nbytes < needed:

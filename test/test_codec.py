@@ -152,6 +152,8 @@ def test_decode_accepts_array_and_memoryview_without_copy() -> None:
     assert np.shares_memory(decoded, np.frombuffer(as_array, np.uint8))
     decoded_mv = decode(H, W, "mono8", W, 0, memoryview(original.tobytes()))
     np.testing.assert_array_equal(decoded_mv, original)
+    decoded_list = decode(H, W, "mono8", W, 0, original.ravel().tolist())
+    np.testing.assert_array_equal(decoded_list, original)
 
 
 @pytest.mark.parametrize(
@@ -164,6 +166,7 @@ def test_decode_accepts_array_and_memoryview_without_copy() -> None:
         (dict(data=b"\x00" * (H * W - 1)), "needs"),
         (dict(data=b""), "needs"),
         (dict(data=12345), "not a buffer"),
+        (dict(data=[300] * (H * W)), "list of bytes"),
         (dict(encoding="yuv422", width=W - 1, step=2 * W), "even width"),
         (dict(encoding="mono16", step=W), "step"),
     ],
