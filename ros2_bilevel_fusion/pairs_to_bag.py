@@ -146,9 +146,19 @@ def convert(
     jitter_ms: float = 0.5,
     seed: int = 0,
     compress: bool = False,
+    names: list[str] | None = None,
 ) -> ConversionSummary:
-    """Write the bag; returns what was written. ``repeat`` plays the selection that many times."""
+    """Write the bag; returns what was written. ``repeat`` plays the selection that many times.
+
+    ``names`` picks pairs by file stem, in the given order.
+    """
     pairs = find_pairs(ir_dir, visible_dir)
+    if names is not None:
+        by_name = {pair.name: pair for pair in pairs}
+        missing = [name for name in names if name not in by_name]
+        if missing:
+            raise FileNotFoundError(f"pairs {missing} not found in {ir_dir} and {visible_dir}")
+        pairs = [by_name[name] for name in names]
     if limit is not None:
         pairs = pairs[:limit]
     if not pairs:
@@ -206,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="common size (default: the first visible image's size)")
     parser.add_argument("--ir-encoding", choices=["mono8", "mono16"], default="mono8")
     parser.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    parser.add_argument("--names", default=None,
+                        help="comma-separated file stems to use, in this order")
     parser.add_argument("--repeat", type=int, default=1, help="write the selection N times")
     parser.add_argument("--frame-ids", default="ir,visible", help="IR,visible frame ids")
     parser.add_argument("--labels", type=Path, default=None,
@@ -226,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             storage=args.storage, size=args.resize, ir_encoding=args.ir_encoding,
             limit=args.limit, frame_ids=(frame_ids[0], frame_ids[1]), labels_dir=args.labels,
             repeat=args.repeat, jitter_ms=args.jitter_ms, seed=args.seed, compress=args.compress,
+            names=args.names.split(",") if args.names else None,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         LOG.error("%s", exc)

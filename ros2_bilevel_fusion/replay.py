@@ -77,18 +77,23 @@ def parse_remaps(items: Iterable[str]) -> dict[str, str]:
     return remaps
 
 
-def loop_period_ns(record_times_ns: Sequence[int]) -> int:
-    """Length of one pass: first to last record time plus one typical message interval.
+def loop_period_ns(record_times_by_topic: dict[str, Sequence[int]]) -> int:
+    """Length of one pass: first to last record time plus one frame interval.
 
-    With one interval added, the first message of the next loop follows the last one as the
-    next frame of a camera would.
+    The frame interval is the largest per-topic median interval, so the first frame of the
+    next loop follows the last one as the next frame of that camera would.
     """
-    if len(record_times_ns) < 2:
-        return 100_000_000  # a single message: repeat it at 10 Hz
-    times = np.asarray(record_times_ns, dtype=np.int64)
-    intervals = np.diff(np.unique(times))
-    typical = int(np.median(intervals)) if intervals.size else 0
-    return int(times[-1] - times[0]) + max(typical, 1)
+    all_times = [t for times in record_times_by_topic.values() for t in times]
+    if not all_times:
+        raise ValueError("no record times")
+    frame_interval = 0
+    for times in record_times_by_topic.values():
+        intervals = np.diff(np.sort(np.asarray(times, dtype=np.int64)))
+        if intervals.size:
+            frame_interval = max(frame_interval, int(np.median(intervals)))
+    if frame_interval <= 0:
+        frame_interval = 100_000_000  # one message per topic: repeat at 10 Hz
+    return int(max(all_times) - min(all_times)) + frame_interval
 
 
 def schedule_offset_ns(record_ns: int, bag_start_ns: int, loop: int, period_ns: int,
@@ -149,11 +154,13 @@ class _BagSource:
         self.bag, self.topics = bag, topics
         self.cache: list[BagMessage] | None = None
 
-    def first_pass_info(self) -> tuple[list[int], dict[str, str], int]:
-        record_times, types, total = [], {}, 0
+    def first_pass_info(self) -> tuple[dict[str, list[int]], dict[str, str], int]:
+        record_times: dict[str, list[int]] = {}
+        types: dict[str, str] = {}
+        total = 0
         cached: list[BagMessage] = []
         for message in read_bag(self.bag, self.topics):
-            record_times.append(message.timestamp_ns)
+            record_times.setdefault(message.topic, []).append(message.timestamp_ns)
             types[message.topic] = message.msgtype
             total += len(message.raw)
             if total <= CACHE_LIMIT_BYTES:
@@ -177,8 +184,9 @@ def replay_messages(node: Any, options: ReplayOptions,
     record_times, types, _ = source.first_pass_info()
     if not record_times:
         raise BagError(f"{options.bag}: no messages to play")
-    bag_start_ns = min(record_times)
-    period_ns = loop_period_ns(sorted(record_times))
+    bag_start_ns = min(min(times) for times in record_times.values())
+    period_ns = loop_period_ns(record_times)
+    message_count = sum(len(times) for times in record_times.values())
     qos = make_qos(options.qos, options.qos_depth)
     publishers = {
         topic: node.create_publisher(_message_class(msgtype), options.remaps.get(topic, topic), qos)
@@ -187,7 +195,7 @@ def replay_messages(node: Any, options: ReplayOptions,
     clock_publisher = node.create_publisher(Clock, CLOCK_TOPIC, 10) if options.clock else None
     LOG.info(
         "bag %s: %d messages per pass on %s, pass length %.2f s, rate %.2f, qos %s, loops %s",
-        options.bag, len(record_times), sorted(publishers), period_ns / 1e9, options.rate,
+        options.bag, message_count, sorted(publishers), period_ns / 1e9, options.rate,
         options.qos, options.loops or "forever",
     )
 

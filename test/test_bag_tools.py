@@ -141,9 +141,9 @@ def test_pairs_to_bag_errors(tmp_path: Path) -> None:
 
 
 def test_loop_schedule_and_restamp_arithmetic() -> None:
-    record = [0, 3, 100, 103, 200, 203]
+    record = {"/visible": [0, 100, 200], "/ir": [3, 104, 205]}
     period = replay.loop_period_ns(record)
-    assert period == 203 + 3  # median interval of unique record times is 3 here
+    assert period == 205 + 101  # span plus the largest per-topic median frame interval
     assert replay.schedule_offset_ns(100, 0, 0, period, rate=2.0) == 50
     assert replay.schedule_offset_ns(100, 0, 1, period, rate=1.0) == 100 + period
     kwargs = {"period_ns": 1000, "wall_start_ns": 10_000, "bag_start_ns": 500, "rate": 1.0}
@@ -203,7 +203,7 @@ def test_replay_live_with_clock_and_remap(tno_bag: Path) -> None:
     assert summary.loops_done == 2
     original = {topic: [m.timestamp_ns for m in bagio.read_bag(tno_bag, [topic])]
                 for topic in topics}
-    period = replay.loop_period_ns(sorted(original["/ir/image"] + original["/visible/image"]))
+    period = replay.loop_period_ns(original)
     for bag_topic, live_topic in topics.items():
         stamps = [stamp for stamp, _ in received[live_topic]]
         expected = original[bag_topic] + [s + period for s in original[bag_topic]]
