@@ -124,8 +124,9 @@ HeadOutputs = list[tuple[Tensor, Tensor, Tensor]]
 
 def default_size_ranges(strides: tuple[int, ...]) -> list[tuple[float, float]]:
     """FCOS object-size ranges per level (max ltrb distance in pixels): 0-64, 64-128, 128-inf
-    for strides 8, 16, 32; generally [8 s_prev, 8 s) with open ends."""
-    bounds = [0.0] + [8.0 * s for s in strides[1:]] + [float("inf")]
+    for strides 8, 16, 32 (FCOS's P3-P5 limits, the last level left open); generally a level
+    of stride s starts at 4 s."""
+    bounds = [0.0] + [4.0 * s for s in strides[1:]] + [float("inf")]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
