@@ -1,0 +1,98 @@
+"""Launch fusion_node (and optionally RViz) with the package's parameter file.
+
+    ros2 launch ros2_bilevel_fusion fusion.launch.py ir_topic:=/thermal/image_raw \
+        visible_topic:=/camera/image_raw backend:=onnxruntime rviz:=true
+
+Arguments: backend, bundle, params_file, ir_topic, visible_topic, namespace, use_sim_time, rviz.
+The camera topics are connected by remapping the node's relative inputs ``ir/image`` and
+``visible/image``; ``backend`` and ``bundle`` override the parameter file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+from launch import LaunchDescription
+
+PACKAGE = "ros2_bilevel_fusion"
+
+
+def _share_dir() -> Path:
+    """Installed share directory; the source tree when the package is not installed."""
+    try:
+        from ament_index_python.packages import (
+            PackageNotFoundError,
+            get_package_share_directory,
+        )
+    except ImportError:
+        return Path(__file__).resolve().parents[1]
+    try:
+        return Path(get_package_share_directory(PACKAGE))
+    except PackageNotFoundError:
+        return Path(__file__).resolve().parents[1]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = _share_dir()
+    arguments = [
+        DeclareLaunchArgument(
+            "backend", default_value="auto", description="auto|tensorrt|onnxruntime|torch"
+        ),
+        DeclareLaunchArgument(
+            "bundle", default_value="", description="Model bundle folder ('' = shipped default)"
+        ),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=str(share / "config" / "fusion.yaml"),
+            description="fusion_node parameter file",
+        ),
+        DeclareLaunchArgument("ir_topic", default_value="ir/image", description="IR image topic"),
+        DeclareLaunchArgument(
+            "visible_topic", default_value="visible/image", description="Visible image topic"
+        ),
+        DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", description="Use /clock (bag replay)"
+        ),
+        DeclareLaunchArgument("rviz", default_value="false", description="Start RViz 2"),
+    ]
+    fusion_node = Node(
+        package=PACKAGE,
+        executable="fusion_node",
+        name="fusion_node",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
+                "bundle_path": ParameterValue(LaunchConfiguration("bundle"), value_type=str),
+                "use_sim_time": ParameterValue(
+                    LaunchConfiguration("use_sim_time"), value_type=bool
+                ),
+            },
+        ],
+        remappings=[
+            ("ir/image", LaunchConfiguration("ir_topic")),
+            ("visible/image", LaunchConfiguration("visible_topic")),
+        ],
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", str(share / "config" / "fusion.rviz")],
+        parameters=[
+            {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}
+        ],
+        condition=IfCondition(LaunchConfiguration("rviz")),
+        output="screen",
+    )
+    return LaunchDescription([*arguments, fusion_node, rviz])
