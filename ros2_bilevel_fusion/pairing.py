@@ -21,9 +21,10 @@ Differences from message_filters, all deliberate and tested:
   pairs exactly equal stamps instead of never pairing.
 * Headerless messages (``stamp_ns=None``) get the clock's current time when
   ``allow_headerless`` is set, as in message_filters; otherwise they are counted and dropped.
-  A zero stamp is an ordinary stamp here (as in message_filters): with a driver that never
-  sets its header, every frame after the first pair is a ``duplicate_stamp``; a caller that
-  wants to pair such cameras by arrival time passes ``None`` for them.
+  A zero stamp is an ordinary stamp here: with a driver that never sets its header, every
+  frame after the first pair is a ``duplicate_stamp`` (message_filters would keep pairing
+  whatever frames happen to be queued); a caller that wants to pair such cameras by arrival
+  time passes ``None`` for them.
 
 Every received message ends up in exactly one of: a pair, a ``dropped`` reason, or a queue.
 """
