@@ -86,13 +86,6 @@ def test_projective_warp_matches_opencv_warp_perspective() -> None:
     np.testing.assert_array_equal(colour[..., 1], out)
 
 
-def test_remap_tables_are_cached_per_size() -> None:
-    registration = Registration(parse_homography([1, 0, 2, 0, 1, 2, 0, 0, 1]))
-    first = registration._remap_tables((30, 40), (30, 40))
-    assert registration._remap_tables((30, 40), (30, 40)) is first
-    assert registration._remap_tables((30, 40), (60, 80)) is not first
-
-
 def test_warp_rejects_bad_input() -> None:
     registration = Registration.identity()
     with pytest.raises(ValueError):
