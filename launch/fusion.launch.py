@@ -34,7 +34,7 @@ def _share_dir() -> Path:
         return Path(__file__).resolve().parents[1]
     try:
         return Path(get_package_share_directory(PACKAGE))
-    except PackageNotFoundError:
+    except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset (pip-only ROS)
         return Path(__file__).resolve().parents[1]
 
 

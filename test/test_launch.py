@@ -110,19 +110,29 @@ def test_launch_description_builds_with_each_argument(argument: str, value: str)
     rviz = [n for n in nodes if n.node_executable == "rviz2"]
     assert len(fusion) == 1 and len(rviz) == 1
     assert rviz[0].condition.evaluate(context) is (argument == "rviz")
-    remaps = [
-        (
-            launch.utilities.perform_substitutions(
-                context, src if isinstance(src, list) else [src]
-            ),
-            launch.utilities.perform_substitutions(context, dst),
-        )
-        for src, dst in fusion[0]._Node__remappings
-    ]
+    # Expands every substitution of the node action (namespace, parameters, remaps) as
+    # `ros2 launch` does just before starting the process.
+    fusion[0]._perform_substitutions(context)
+    remaps = dict(fusion[0].expanded_remapping_rules or [])
+    namespace = fusion[0].expanded_node_namespace
+    param_args = fusion[0]._Node__expanded_parameter_arguments or []  # no public getter
+    files = [arg for arg, is_file in param_args if is_file]
+    assert any(Path(f).name == "fusion.yaml" for f in files)
     if argument == "ir_topic":
-        assert ("ir/image", value) in remaps
+        assert remaps["ir/image"] == value
     if argument == "visible_topic":
-        assert ("visible/image", value) in remaps
+        assert remaps["visible/image"] == value
+    if argument == "namespace":
+        assert namespace == value
+    if argument in ("backend", "bundle", "use_sim_time"):
+        # The override dict becomes a temporary parameter file; check the value in it.
+        overrides = {}
+        for path in files:
+            for entry in yaml.safe_load(Path(path).read_text()).values():
+                overrides.update(entry.get("ros__parameters", {}))
+        key = {"backend": "backend", "bundle": "bundle_path", "use_sim_time": "use_sim_time"}
+        expected = {"true": True}.get(value, value)
+        assert overrides[key[argument]] == expected
 
 
 def test_params_file_matches_the_node_parameter_table() -> None:
