@@ -1,0 +1,136 @@
+"""training.export: bundle written by export_bundle runs in the runtime, ORT matches torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_bilevel_fusion.backends import create_backend
+from ros2_bilevel_fusion.bundle import load_bundle
+from training import export
+from training.models import build_export_model
+
+torch.set_num_threads(1)
+FULL_ARCHITECTURE = {"fusion": "realtime", "detector": {"num_classes": 3},
+                     "segmenter": {"num_classes": 4}}
+# multiples of the pad multiple (32), one square and one not, small to keep CI fast
+PARITY_SIZES = [(64, 64), (96, 160)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0)
+    model = build_export_model(FULL_ARCHITECTURE).eval()
+    out = tmp_path_factory.mktemp("bundle") / "untrained_realtime"
+    export.export_bundle(model, out, name="untrained_realtime", sample_hw=(64, 96),
+                         provenance={"config": {"note": "untrained, test only"}})
+    return model, out
+
+
+def test_bundle_is_complete_and_loadable(exported: tuple[torch.nn.Module, Path]) -> None:
+    _, out = exported
+    assert {p.name for p in out.iterdir()} >= {"model.yaml", "model.onnx", "model.pt"}
+    bundle = load_bundle(out)
+    assert bundle.name == "untrained_realtime"
+    assert bundle.inputs.pad_multiple == 32 and bundle.inputs.height == 0
+    assert bundle.detection is not None and bundle.segmentation is not None
+    assert [level.stride for level in bundle.detection.levels] == [8, 16, 32]
+    assert bundle.detection.classes == ("person", "bicycle", "car")
+    assert bundle.segmentation.classes[0] == "background"
+    assert bundle.provenance["architecture"] == FULL_ARCHITECTURE
+    assert bundle.provenance["config"] == {"note": "untrained, test only"}
+    assert len(bundle.provenance["git_commit"]) in (40, len("unknown"))
+
+
+def test_onnxruntime_matches_torch(exported: tuple[torch.nn.Module, Path]) -> None:
+    model, out = exported
+    report = export.check_parity(model, out, PARITY_SIZES)
+    assert set(report) == {"64x64", "96x160", "max"}
+    assert report["max"]["fused_y"] < 1e-3
+    for name, diff in report["max"].items():
+        assert diff < 1e-3, (name, diff)
+
+
+def test_runtime_backends_accept_the_bundle(exported: tuple[torch.nn.Module, Path]) -> None:
+    model, out = exported
+    bundle = load_bundle(out)
+    rng = np.random.default_rng(0)
+    ir = rng.random((1, 1, 96, 128), dtype=np.float32)
+    visible = rng.random((1, 3, 96, 128), dtype=np.float32)
+    ort_outputs = create_backend("onnxruntime", bundle, threads=1).infer(ir, visible)
+    assert list(ort_outputs) == bundle.output_names
+    assert ort_outputs["fused_y"].shape == (1, 1, 96, 128)
+    assert ort_outputs["det_cls_s8"].shape == (1, 3, 12, 16)
+    assert ort_outputs["seg_logits"].shape == (1, 4, 96, 128)
+    # the torch backend rebuilds the module from provenance["architecture"] + model.pt
+    torch_outputs = create_backend("torch", bundle, threads=1).infer(ir, visible)
+    for name in bundle.output_names:
+        np.testing.assert_allclose(torch_outputs[name], ort_outputs[name], atol=1e-3)
+
+
+def test_paper_fusion_only_bundle(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    architecture = {"fusion": "paper", "detector": None, "segmenter": None}
+    model = build_export_model(architecture).eval()
+    export.export_bundle(model, tmp_path, name="paper_only", provenance={}, sample_hw=(32, 64))
+    bundle = load_bundle(tmp_path)
+    assert bundle.output_names == ["fused_y"] and bundle.detection is None
+    report = export.check_parity(model, tmp_path, [(32, 32), (64, 96)])
+    assert report["max"]["fused_y"] < 1e-3
+
+
+def trainer_checkpoint(path: Path) -> dict:
+    """A checkpoint in the trainer's format (untrained weights)."""
+    torch.manual_seed(1)
+    model = build_export_model(FULL_ARCHITECTURE)
+    checkpoint = {
+        "architecture": FULL_ARCHITECTURE,
+        "fusion": model.fusion.state_dict(),
+        "detector": model.detector.state_dict(),
+        "segmenter": model.segmenter.state_dict(),
+        "config": {"steps": 0},
+        "step": 0,
+        "metrics": {"note": "untrained"},
+    }
+    torch.save(checkpoint, path)
+    return checkpoint
+
+
+def test_cli_exports_a_trainer_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    checkpoint = trainer_checkpoint(tmp_path / "ckpt.pt")
+    out = tmp_path / "models" / "from_ckpt"
+    assert export.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out),
+                        "--check-parity"]) == 0
+    printed = capsys.readouterr().out
+    assert "parity ORT vs torch" in printed
+    bundle = load_bundle(out)
+    assert bundle.name == "from_ckpt"
+    assert bundle.provenance["step"] == 0 and bundle.provenance["metrics"] == {"note": "untrained"}
+    # the checkpoint's weights, not fresh ones, are what was exported
+    state = torch.load(out / "model.pt", weights_only=True)
+    torch.testing.assert_close(
+        state["fusion.detail_in.0.weight"], checkpoint["fusion"]["detail_in.0.weight"]
+    )
+
+
+def test_checkpoint_missing_detector_weights_is_an_error(tmp_path: Path) -> None:
+    checkpoint = trainer_checkpoint(tmp_path / "ckpt.pt")
+    checkpoint["detector"] = None
+    with pytest.raises(ValueError, match="no weights"):
+        export.model_from_checkpoint(checkpoint)
+
+
+def test_tensorrt_without_tensorrt_exits_clearly(tmp_path: Path) -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorrt is installed here")
+    trainer_checkpoint(tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit, match="tensorrt"):
+        export.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "b"),
+                     "--tensorrt"])
