@@ -172,13 +172,24 @@ def _stop_process(process: subprocess.Popen, name: str) -> int | None:
     return process.wait(timeout=5.0)
 
 
-def _outputs_ready(recorder: OutputRecorder, topics: dict[str, str]) -> bool:
-    """The fused output is matched and so is every other output the node offers."""
+# Outputs the node always offers; others (vision_msgs detections) only when importable.
+ALWAYS_OFFERED = ("fused", "segmentation", "segmentation/color", "debug_image",
+                  "detections/json", "diagnostics")
+# After the fused output matched, how long to wait for the rest before starting anyway.
+OTHER_OUTPUTS_GRACE_S = 5.0
+
+
+def _outputs_ready(recorder: OutputRecorder, topics: dict[str, str],
+                   fused_matched_for_s: float) -> bool:
+    """Every output is matched; after a grace period, every output discovered so far."""
     if recorder.matched_publishers(topics["fused"]) < 1:
         return False
-    for topic in topics.values():
-        offered = recorder.node.get_publishers_info_by_topic(topic)
-        if offered and recorder.matched_publishers(topic) < 1:
+    for name, topic in topics.items():
+        if recorder.matched_publishers(topic) >= 1:
+            continue
+        if name in ALWAYS_OFFERED and fused_matched_for_s < OTHER_OUTPUTS_GRACE_S:
+            return False
+        if recorder.node.get_publishers_info_by_topic(topic):
             return False
     return True
 
@@ -252,7 +263,13 @@ def run_bag_through_node(
             )
         LOG.info("node started (pid %d, domain %d, log %s)", node_process.pid, domain, node_log)
         ready_by = min(deadline, time.monotonic() + NODE_READY_TIMEOUT_S)
-        while not _outputs_ready(recorder, topics):
+        fused_matched_at: float | None = None
+        while True:
+            if fused_matched_at is None and recorder.matched_publishers(topics["fused"]) >= 1:
+                fused_matched_at = time.monotonic()
+            matched_for = 0.0 if fused_matched_at is None else time.monotonic() - fused_matched_at
+            if _outputs_ready(recorder, topics, matched_for):
+                break
             if node_process.poll() is not None:
                 raise LiveRunError(
                     f"fusion node exited with {node_process.returncode} before publishing; "

@@ -30,7 +30,7 @@ NODE_NAME = "fusion_node"
 IMAGE_OUTPUTS = ("fused", "segmentation", "segmentation/color", "debug_image")
 DIAGNOSTICS_TOPIC = "/diagnostics"
 INPUT_TOPICS = ("/ir/image", "/visible/image")
-SUBSCRIPTION_DEPTH = 50
+SUBSCRIPTION_DEPTH = 200
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,13 @@ class OutputRecorder:
             with self._lock:
                 self.decode_errors[topic] = self.decode_errors.get(topic, 0) + 1
             LOG.warning("cannot decode a message on %s: %s", topic, exc)
+        stamp_ns = _stamp_ns(msg)
+        if kind == "detections_json" and isinstance(payload, dict) and "stamp" in payload:
+            # std_msgs/String has no header; the node writes the pair's stamp into the JSON.
+            stamp = payload["stamp"]
+            stamp_ns = int(stamp.get("sec", 0)) * 1_000_000_000 + int(stamp.get("nanosec", 0))
         with self._lock:
-            self.records[topic].append(Record(_stamp_ns(msg), receive_ns, payload))
+            self.records[topic].append(Record(stamp_ns, receive_ns, payload))
 
     def subscribed(self, topic: str) -> bool:
         return topic in self._subscriptions

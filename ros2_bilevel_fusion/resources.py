@@ -1,0 +1,103 @@
+"""Where the package's data files are: launch files, config, model bundles, the sample bag.
+
+Order of lookup for :func:`share_dir`:
+
+1. ``ROS2_BILEVEL_FUSION_SHARE`` (an explicit override);
+2. the source checkout this module was imported from (``package.xml`` next to the package
+   folder), so code and data always come from the same tree while developing (this is also what
+   a colcon ``--symlink-install`` resolves to);
+3. the ament index: ``get_package_share_directory`` with ``AMENT_PREFIX_PATH`` (a colcon install
+   or a sourced ROS 2 workspace);
+4. ``sys.prefix/share/ros2_bilevel_fusion`` when the ament marker is there: a plain ``pip
+   install`` into a venv. The pip ROS 2 wheels install their own markers under ``sys.prefix``
+   but do not set ``AMENT_PREFIX_PATH``, so the index in 3 cannot see them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE = "ros2_bilevel_fusion"
+SHARE_OVERRIDE_ENV = "ROS2_BILEVEL_FUSION_SHARE"
+DEFAULT_BUNDLE = "default"
+SAMPLE_BAG = "tno_sample"
+
+
+class ResourceError(FileNotFoundError):
+    """The package's share folder (or a file in it) cannot be found."""
+
+
+def _source_checkout() -> Path | None:
+    root = Path(__file__).resolve().parents[1]
+    if (root / "package.xml").is_file() and (root / "setup.py").is_file():
+        return root
+    return None
+
+
+def _ament_share() -> Path | None:
+    if not os.environ.get("AMENT_PREFIX_PATH"):
+        return None
+    try:
+        from ament_index_python.packages import (
+            PackageNotFoundError,
+            get_package_share_directory,
+        )
+    except ImportError:
+        return None
+    try:
+        return Path(get_package_share_directory(PACKAGE))
+    except (PackageNotFoundError, ValueError, OSError):
+        return None
+
+
+def _prefix_share(prefix: Path) -> Path | None:
+    marker = prefix / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE
+    share = prefix / "share" / PACKAGE
+    return share if marker.is_file() and share.is_dir() else None
+
+
+def share_dir() -> Path:
+    """The folder holding launch/, config/, models/, sample/ and package.xml."""
+    override = os.environ.get(SHARE_OVERRIDE_ENV)
+    if override:
+        return Path(override)
+    for candidate in (_source_checkout(), _ament_share(), _prefix_share(Path(sys.prefix))):
+        if candidate is not None:
+            return candidate
+    raise ResourceError(
+        f"cannot find the share folder of {PACKAGE}: not a source checkout, not in the ament "
+        f"index (AMENT_PREFIX_PATH) and not installed under {sys.prefix}; set "
+        f"{SHARE_OVERRIDE_ENV}"
+    )
+
+
+def models_dir() -> Path:
+    return share_dir() / "models"
+
+
+def default_bundle_path() -> Path:
+    """The shipped default model bundle folder (models/default)."""
+    return models_dir() / DEFAULT_BUNDLE
+
+
+def sample_dir() -> Path:
+    return share_dir() / "sample"
+
+
+def sample_bag_path() -> Path:
+    """The demo's rosbag2 folder (sample/tno_sample)."""
+    return sample_dir() / SAMPLE_BAG
+
+
+def config_path(name: str) -> Path:
+    """A file in config/, e.g. ``config_path("fusion.yaml")``."""
+    path = share_dir() / "config" / name
+    if not path.is_file():
+        raise ResourceError(f"no config file {path}")
+    return path
+
+
+def launch_path(name: str) -> Path:
+    return share_dir() / "launch" / name
