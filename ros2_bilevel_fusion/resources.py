@@ -8,9 +8,10 @@ Order of lookup for :func:`share_dir`:
    a colcon ``--symlink-install`` resolves to);
 3. the ament index: ``get_package_share_directory`` with ``AMENT_PREFIX_PATH`` (a colcon install
    or a sourced ROS 2 workspace);
-4. ``sys.prefix/share/ros2_bilevel_fusion`` when the ament marker is there: a plain ``pip
-   install`` into a venv. The pip ROS 2 wheels install their own markers under ``sys.prefix``
-   but do not set ``AMENT_PREFIX_PATH``, so the index in 3 cannot see them.
+4. ``<prefix>/share/ros2_bilevel_fusion`` when the ament marker is there, for the prefix this
+   module was installed into, then ``sys.prefix``: a plain ``pip install`` (venv, ``--user`` or
+   ``--prefix``). The pip ROS 2 wheels install their own markers under ``sys.prefix`` but do not
+   set ``AMENT_PREFIX_PATH``, so the index in 3 cannot see them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ def share_dir() -> Path:
     override = os.environ.get(SHARE_OVERRIDE_ENV)
     if override:
         return Path(override)
-    for candidate in (_source_checkout(), _ament_share(), _prefix_share(Path(sys.prefix))):
+    # <prefix>/lib/pythonX.Y/site-packages/ros2_bilevel_fusion/resources.py -> <prefix>: covers
+    # pip install --prefix/--user, where sys.prefix is not where the package went.
+    module_prefix = Path(__file__).resolve().parents[4]
+    candidates = (_source_checkout(), _ament_share(), _prefix_share(module_prefix),
+                  _prefix_share(Path(sys.prefix)))
+    for candidate in candidates:
         if candidate is not None:
             return candidate
     raise ResourceError(
