@@ -136,6 +136,7 @@ class FolderResult:
     detection: dict | None = None
     segmentation: dict | None = None
     timing: dict[str, dict] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # pairs whose files could not be read
     summary_markdown: str = ""
 
 
@@ -188,9 +189,15 @@ def evaluate_folder_pairs(
         labels_dir = None
     samples: list[list[tuple[str, np.ndarray]]] = []
 
-    for index, pair in enumerate(pairs):
-        ir_u8 = metrics.read_u8(pair.ir_path, grey=True)
-        visible_bgr = metrics.read_u8(pair.visible_path, grey=False)
+    for pair in pairs:
+        try:
+            ir_u8 = metrics.read_u8(pair.ir_path, grey=True)
+            visible_bgr = metrics.read_u8(pair.visible_path, grey=False)
+        except metrics.MetricInputError as exc:
+            # One corrupt file should not void the evaluation of the others; it is counted.
+            LOG.warning("%s: skipped (%s)", pair.name, exc)
+            result.skipped.append(pair.name)
+            continue
         # The sources as the metrics see them: the IR in the visible geometry (the node's
         # registration; identity resizes a differently sized IR) and the visible grey levels.
         ir_registered = registration.warp(ir_u8, visible_bgr.shape[:2])
@@ -244,7 +251,7 @@ def evaluate_folder_pairs(
                     raise EvaluationError(f"mask {mask_path} unreadable or of the wrong size")
                 truth = mask_to_labels(mask, mask_map or {}, confusion.num_classes)
                 confusion.update(np.asarray(fusion.seg_labels), truth)
-        if index < SAMPLE_COUNT:
+        if len(samples) < SAMPLE_COUNT:
             samples.append(sample)
 
     for method in methods:
@@ -265,13 +272,16 @@ def evaluate_folder_pairs(
     if samples:
         report.save_sample_grid(out_dir / "samples.png", samples)
     published = {report.CDDFUSE_LABEL: report.CDDFUSE_TNO_PUBLISHED} if is_tno else None
-    result.summary_markdown = _folder_summary(result, len(pairs), published)
+    if len(result.skipped) == len(pairs):
+        raise EvaluationError(f"none of the {len(pairs)} pairs could be read")
+    result.summary_markdown = _folder_summary(result, len(pairs) - len(result.skipped), published)
     (out_dir / "summary.md").write_text(result.summary_markdown)
     (out_dir / "summary.json").write_text(
         json.dumps(
             {
                 "model": result.model_name,
-                "images": len(pairs),
+                "images": len(pairs) - len(result.skipped),
+                "skipped": result.skipped,
                 "means": result.means,
                 "timing": result.timing,
                 "detection": result.detection,
@@ -350,8 +360,9 @@ def _segmentation_markdown(segmentation: dict) -> str:
 
 
 def _folder_summary(result: FolderResult, count: int, published: dict | None) -> str:
+    skipped = f" ({len(result.skipped)} unreadable, skipped)" if result.skipped else ""
     parts = [
-        f"# fusion-eval: {result.model_name}, {count} image pairs\n",
+        f"# fusion-eval: {result.model_name}, {count} image pairs{skipped}\n",
         "## Fusion metrics (mean over images)\n",
         report.fusion_table(result.means, published),
     ]

@@ -178,6 +178,14 @@ def test_folder_mode_errors_are_messages_not_tracebacks(tmp_path, tno_subset):
         ]
     )
     assert code == 2
+    # A corrupt file is skipped and counted; the other pairs are still evaluated.
+    broken = tmp_path / "broken_ir"
+    shutil.copytree(ir_dir, broken)
+    (broken / TNO_NAMES[0]).write_bytes(b"not a png")
+    args = ["folder", "--baselines", "--ir", str(broken), "--vi", str(vi_dir)]
+    assert evaluate.main([*args, "--out", str(tmp_path / "r3")]) == 0
+    summary = json.loads((tmp_path / "r3" / "summary.json").read_text())
+    assert summary["skipped"] == [TNO_NAMES[0]] and summary["images"] == len(TNO_NAMES) - 1
 
 
 def test_mask_map_and_labels() -> None:
