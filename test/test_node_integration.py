@@ -224,6 +224,7 @@ def running_node(fixture_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
         "backend:=onnxruntime",
         "threads:=1",
         "qos:=reliable",
+        "qos_depth:=50",  # no silent DDS history drops if this process stalls under load
         "diagnostics_period:=0.5",
         log_path=log_path,
     )
@@ -243,33 +244,54 @@ def running_node(fixture_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 PAIRS = 12
 
 
+BASE_NS = 1_700_000_000 * 10**9
+
+
+def pair_index(stamp: int) -> int:
+    return (stamp - BASE_NS) // 100_000_000
+
+
+def json_stamp(msg: String) -> int:
+    stamp = json.loads(msg.data)["stamp"]
+    return stamp["sec"] * 10**9 + stamp["nanosec"]
+
+
 def test_every_output_topic_for_every_pair(running_node) -> None:
     harness, process = running_node
-    base_ns = 1_700_000_000 * 10**9
-    sent = [make_pair(i, base_ns) for i in range(PAIRS)]
+    sent = [make_pair(i, BASE_NS) for i in range(PAIRS)]
     for ir_msg, visible_msg in sent:
         harness.publish_pair(ir_msg, visible_msg)
-        time.sleep(0.1)  # 10 Hz: the fixture on a 96x128 image keeps up by far
+        time.sleep(0.1)  # 10 Hz: the fixture on a 90x124 image keeps up by far
     visible_stamps = [stamp_ns(v.header) for _, v in sent]
 
+    def superseded() -> int:
+        return int((harness.node_status() or {}).get("drops.superseded", 0))
+
     def have_all() -> bool:
-        return all(len(harness.received.get(t)) >= PAIRS for t in OUTPUT_TOPICS)
+        # Only the documented drop is tolerated: a pair superseded by a newer one while the
+        # inference thread was busy (possible on a loaded CI machine, counted in diagnostics).
+        return all(len(harness.received.get(t)) + superseded() >= PAIRS for t in OUTPUT_TOPICS)
 
     harness.wait_for(have_all, 30.0, f"{PAIRS} messages on every output topic")
     assert process.poll() is None
+    assert superseded() <= PAIRS // 4, "the node should keep up with 10 Hz on tiny images"
 
+    fused_stamps = [stamp_ns(m.header) for m in harness.received.get("fused")]
+    assert len(fused_stamps) >= PAIRS - superseded()
+    # Output stamps are visible input stamps, in order, none invented or repeated.
+    assert fused_stamps == [s for s in visible_stamps if s in set(fused_stamps)]
     for topic in OUTPUT_TOPICS:
         messages = harness.received.get(topic)
-        stamps = [stamp_ns(m.header) if hasattr(m, "header") else None for m in messages]
         if topic == "detections/json":
             payloads = [json.loads(m.data) for m in messages]
-            stamps = [p["stamp"]["sec"] * 10**9 + p["stamp"]["nanosec"] for p in payloads]
+            stamps = [json_stamp(m) for m in messages]
             assert all(p["frame_id"] == VISIBLE_FRAME for p in payloads)
             assert all(p["image_size"] == [WIDTH, HEIGHT] for p in payloads)
         else:
+            stamps = [stamp_ns(m.header) for m in messages]
             assert all(m.header.frame_id == VISIBLE_FRAME for m in messages), topic
             assert all((m.height, m.width) == (HEIGHT, WIDTH) for m in messages), topic
-        assert stamps == visible_stamps, f"{topic}: output stamps must be the visible stamps"
+        assert stamps == fused_stamps, f"{topic}: one message per processed pair, same stamp"
 
     encodings = {
         "fused": "bgr8",
@@ -286,7 +308,8 @@ def test_fused_content_follows_both_inputs(running_node) -> None:
     fused_msgs = harness.received.get("fused")
     if not fused_msgs:
         pytest.skip("needs the messages of test_every_output_topic_for_every_pair")
-    for index, msg in enumerate(fused_msgs[:PAIRS]):
+    for msg in fused_msgs:
+        index = pair_index(stamp_ns(msg.header))
         fused = msg_to_array(msg)
         fused_y = cv2.cvtColor(fused, cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(int)
         ir = synthetic_ir(index).astype(int)
@@ -300,10 +323,12 @@ def test_fused_content_follows_both_inputs(running_node) -> None:
 
 def test_detections_find_the_hot_square(running_node) -> None:
     harness, _ = running_node
-    payloads = [json.loads(m.data) for m in harness.received.get("detections/json")]
-    if not payloads:
+    messages = harness.received.get("detections/json")
+    if not messages:
         pytest.skip("needs the messages of test_every_output_topic_for_every_pair")
-    for index, payload in enumerate(payloads[:PAIRS]):
+    for msg in messages:
+        index = pair_index(json_stamp(msg))
+        payload = json.loads(msg.data)
         hits = [d for d in payload["detections"] if d["class_name"] == "bicycle"]
         assert hits, f"pair {index}: the fixture's IR-hot class must fire on the hot square"
         cx = max(hits, key=lambda d: d["score"])["bbox"]["center_x"]
@@ -323,7 +348,11 @@ def test_segmentation_labels_are_fixture_classes(running_node) -> None:
 def test_diagnostics_report_counts_and_backend(running_node) -> None:
     harness, _ = running_node
     harness.wait_for(
-        lambda: int((harness.node_status() or {}).get("processed", 0)) >= PAIRS,
+        lambda: (
+            int((harness.node_status() or {}).get("processed", 0))
+            >= len(harness.received.get("fused"))
+            > 0
+        ),
         10.0,
         "diagnostics to count the processed pairs",
     )
@@ -331,6 +360,7 @@ def test_diagnostics_report_counts_and_backend(running_node) -> None:
     assert status["backend"].startswith("onnxruntime")
     assert status["model"] == "fixture"
     assert int(status["pairs"]) >= PAIRS
+    assert int(status["processed"]) >= PAIRS - int(status.get("drops.superseded", 0))
     assert "inference_ms_p50" in status and "latency_ms_p95" in status
     assert status["level"] == "0"
 
