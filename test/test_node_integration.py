@@ -394,3 +394,42 @@ def test_live_parameter_change_and_rejection(running_node) -> None:
     harness.wait_for(lambda: len(harness.received.get("fused")) > before, 10.0, "a fused image")
     assert harness.received.get("fused")[-1].encoding == "mono8"
     set_params(Parameter("colour_output", value=True))
+
+
+def test_sim_time_without_clock_still_serves_and_reports(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    """use_sim_time with no /clock publisher: diagnostics run on the steady clock, outputs keep
+    the input stamps, latency is reported as n/a. Also the default input QoS (sensor_data)."""
+    namespace = "/it_sim"
+    process = start_node(
+        namespace,
+        f"bundle_path:={fixture_bundle}",
+        "backend:=onnxruntime",
+        "threads:=1",
+        "use_sim_time:=true",
+        "diagnostics_period:=0.3",
+        log_path=tmp_path / "fusion_node.log",
+    )
+    harness = Harness(namespace)
+    try:
+        harness.wait_for_node_ready()
+        sent = [make_pair(i, 5 * 10**9) for i in range(3)]  # sim time: 5 s after start
+        for ir_msg, visible_msg in sent:
+            harness.publish_pair(ir_msg, visible_msg)
+            time.sleep(0.1)
+        harness.wait_for(lambda: len(harness.received.get("fused")) >= 1, 20.0, "fused image")
+        stamps = {stamp_ns(v.header) for _, v in sent}
+        assert {stamp_ns(m.header) for m in harness.received.get("fused")} <= stamps
+        harness.wait_for(
+            lambda: int((harness.node_status() or {}).get("processed", 0)) >= 1,
+            10.0,
+            "diagnostics under sim time",
+        )
+        status = harness.node_status()
+        assert status["latency_ms"].startswith("n/a") and "latency_ms_p50" not in status
+        assert status["qos"].startswith("sensor_data")
+    finally:
+        harness.close()
+        stop_node(process)
+        print((tmp_path / "fusion_node.log").read_text()[-3000:])
