@@ -66,10 +66,15 @@ def share_dir() -> Path:
         return Path(override)
     # <prefix>/lib/pythonX.Y/site-packages/ros2_bilevel_fusion/resources.py -> <prefix>: covers
     # pip install --prefix/--user, where sys.prefix is not where the package went.
-    module_prefix = Path(__file__).resolve().parents[4]
-    candidates = (_source_checkout(), _ament_share(), _prefix_share(module_prefix),
-                  _prefix_share(Path(sys.prefix)))
-    for candidate in candidates:
+    parents = Path(__file__).resolve().parents
+    lookups = (
+        _source_checkout,
+        _ament_share,
+        lambda: _prefix_share(parents[4]) if len(parents) > 4 else None,
+        lambda: _prefix_share(Path(sys.prefix)),
+    )
+    for lookup in lookups:
+        candidate = lookup()
         if candidate is not None:
             return candidate
     raise ResourceError(

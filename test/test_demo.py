@@ -1,0 +1,112 @@
+"""The demo end to end: sample bag -> live fusion node (own process) -> recorded outputs -> report.
+
+Uses the shipped models/default bundle when it exists, else the untrained fixture bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from ros2_bilevel_fusion import demo, live_run, recorder, resources
+from ros2_bilevel_fusion.bundle import MODEL_YAML
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(fixture_bundle: Path) -> Path:
+    default = resources.default_bundle_path()
+    return default if (default / MODEL_YAML).is_file() else fixture_bundle
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    # About 3 s of input (5 passes of the 6-pair sample) keeps the suite fast.
+    code = demo.main(["--out", str(out), "--bundle", str(demo_bundle), "--duration", "3",
+                      "--timeout", "150"])
+    assert code == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
+    return out
+
+
+def test_demo_writes_report_images_and_detections(demo_run: Path, demo_bundle: Path) -> None:
+    summary = json.loads((demo_run / "summary.json").read_text())
+    loops, _ = demo.loops_for_duration(resources.sample_bag_path(), 3.0)
+    assert summary["loops"] == loops
+    assert summary["input_pairs_published"] == 6 * loops
+    assert 0 < summary["pairs_out"] <= summary["input_pairs_published"]
+    # Every input pair is either fused or counted as dropped by the node.
+    dropped = sum(summary["drops_by_reason"].values())
+    assert summary["pairs_out"] + dropped >= summary["input_pairs_published"] - 1
+    assert summary["latency_ms_p50"] > 0
+    assert summary["inference_ms_p50"] is not None and summary["inference_ms_p50"] > 0
+    assert summary["node_exit_code"] is not None
+
+    fused = sorted((demo_run / "fused").glob("*.png"))
+    assert len(fused) == summary["pairs_out"]
+    image = cv2.imread(str(fused[0]), cv2.IMREAD_UNCHANGED)
+    assert image.shape[:2] == (480, 640)
+    assert any((demo_run / "debug").glob("*.png"))
+    assert any((demo_run / "segmentation").glob("*.png"))
+
+    detections = json.loads((demo_run / "detections.json").read_text())
+    assert len(detections) > 0
+    assert all("detections" in d and d["stamp_ns"] > 0 for d in detections)
+
+    report = (demo_run / "report.md").read_text()
+    for needle in ("input pairs published", "latency", "inference", "drops by reason",
+                   summary["backend"]):
+        assert needle in report
+    assert f"| fused images received | {summary['pairs_out']} |" in report
+
+
+def test_demo_fails_clearly_on_missing_bundle(tmp_path: Path) -> None:
+    code = demo.main(["--out", str(tmp_path / "out"), "--bundle", str(tmp_path / "nothing")])
+    assert code == 1
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_live_run_rejects_non_bag(tmp_path: Path) -> None:
+    with pytest.raises(live_run.LiveRunError):
+        live_run.run_bag_through_node(tmp_path)
+
+
+def test_loops_for_duration_on_sample() -> None:
+    loops, pass_s = demo.loops_for_duration(resources.sample_bag_path(), 10.0)
+    assert abs(pass_s - 0.6) < 0.01  # six frames at 10 fps
+    assert loops == 17
+
+
+def test_diagnostics_summary_and_latency_helpers(tmp_path: Path) -> None:
+    status = {"level": 0, "drops.superseded": "4", "drops.pairing_unmatched_ir": "1",
+              "drops_total": "5", "inference_ms_p50": "12.50", "inference_ms_p95": "n/a"}
+    drops, p50, p95 = live_run.summarise_diagnostics(status)
+    assert drops == {"superseded": 4, "pairing_unmatched_ir": 1}
+    assert (p50, p95) == (12.5, None)
+    assert live_run.node_status({"/fusion_node: fusion": status, "other": {}}) is status
+    records = [recorder.Record(stamp_ns=1_000_000_000 + i * 100_000_000,
+                               receive_ns=1_050_000_000 + i * 100_000_000) for i in range(5)]
+    assert live_run.latencies_ms(records) == pytest.approx([50.0] * 5)
+    assert live_run.throughput_per_s(records) == pytest.approx(10.0)
+    assert live_run.throughput_per_s(records[:1]) == 0.0
+    params = live_run.write_params_file(tmp_path / "p.yaml", {"qos": "reliable"})
+    assert "ros__parameters" in params.read_text()
+
+
+def test_recorder_converts_diagnostics_message() -> None:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    message = DiagnosticArray()
+    status = DiagnosticStatus(name="fusion_node: fusion", message="fusing")
+    status.level = DiagnosticStatus.WARN
+    status.values = [KeyValue(key="drops.superseded", value="3")]
+    message.status = [status]
+    converted = recorder.diagnostics_to_dict(message)
+    assert converted == {"fusion_node: fusion": {"level": 1, "message": "fusing",
+                                                 "drops.superseded": "3"}}
+    topics = recorder.output_topics()
+    assert topics["fused"] == "/fusion_node/fused"
+    assert topics["detections/json"] == "/fusion_node/detections/json"
+    assert recorder.output_topics(namespace="/robot")["fused"] == "/robot/fusion_node/fused"
