@@ -77,6 +77,7 @@ from ros2_bilevel_fusion.parameters import (
     SPECS,
     FusionParameters,
     descriptor,
+    repair_parameters,
     validate,
 )
 
@@ -207,6 +208,23 @@ def detections_to_vision_msgs(detections: Any, class_names: tuple[str, ...], hea
     return array
 
 
+def _coerce_override(override: Parameter | None, default: Any) -> Any:
+    """Integer (array) overrides for double (array) parameters, as floats; else None."""
+    if override is None:
+        return None
+    value = override.value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, list) and all(isinstance(v, float) for v in default):
+        try:
+            items = list(value)
+        except TypeError:
+            return None
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            return [float(v) for v in items]
+    return None
+
+
 class FusionNode(Node):
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
@@ -253,24 +271,26 @@ class FusionNode(Node):
             try:
                 param = self.declare_parameter(spec.name, default, descriptor(spec))
             except (InvalidParameterTypeException, ParameterException) as exc:
-                # A launch file or YAML gave e.g. an int for a double: keep the node alive.
-                self.get_logger().error(
-                    f"parameter {spec.name}: override rejected ({exc}); using {default!r}"
-                )
+                # A launch file or YAML gave e.g. `1` for a double: accept what converts
+                # losslessly, otherwise keep the default; never die on a typo.
+                value = _coerce_override(self._parameter_overrides.get(spec.name), default)
+                if value is None:
+                    self.get_logger().error(
+                        f"parameter {spec.name}: override rejected ({exc}); using {default!r}"
+                    )
+                    value = default
                 if not self.has_parameter(spec.name):
                     param = self.declare_parameter(
-                        spec.name, default, descriptor(spec), ignore_override=True
+                        spec.name, value, descriptor(spec), ignore_override=True
                     )
                 else:
                     param = self.get_parameter(spec.name)
             values[spec.name] = param.value
-        params = FusionParameters.from_values(values)
-        reason = validate(params)
-        if reason is not None:
-            defaults = FusionParameters.from_values({s.name: s.default for s in PARAMETERS})
-            self.get_logger().error(f"invalid parameters at start ({reason}); using defaults")
-            keep = {k: values[k] for k in ("ir_topic", "visible_topic", "bundle_path")}
-            params = defaults.replace(keep)
+        params, fixes = repair_parameters(FusionParameters.from_values(values))
+        for name, reason in fixes:
+            self.get_logger().error(
+                f"invalid parameter at start ({reason}); {name} reset to {SPECS[name].default!r}"
+            )
         return params
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:

@@ -197,6 +197,31 @@ def validate(params: FusionParameters) -> str | None:
     return None
 
 
+def repair_parameters(
+    params: FusionParameters,
+) -> tuple[FusionParameters, list[tuple[str, str]]]:
+    """Reset only the parameters that make ``params`` invalid to their defaults.
+
+    Returns the repaired parameters and (name, reason) for each reset, so a start-up typo in
+    one parameter does not throw away the user's other settings.
+    """
+    fixes: list[tuple[str, str]] = []
+    reason = validate(params)
+    while reason is not None:
+        for spec in PARAMETERS:
+            default = spec.default
+            if getattr(params, spec.name) == default:
+                continue
+            trial = params.replace({spec.name: default})
+            if validate(trial) != reason:  # this reset removed the current problem
+                fixes.append((spec.name, reason))
+                params, reason = trial, validate(trial)
+                break
+        else:  # pragma: no cover - defaults are valid (tested), so some reset always helps
+            raise ValueError(f"cannot repair parameters: {reason}")
+    return params, fixes
+
+
 def descriptor(spec: ParameterSpec) -> Any:
     """rcl_interfaces/ParameterDescriptor for one spec (ROS import kept local)."""
     from rcl_interfaces.msg import (

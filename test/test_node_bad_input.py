@@ -29,6 +29,7 @@ from test_node_integration import (  # noqa: E402
 from ros2_bilevel_fusion.parameters import (  # noqa: E402
     PARAMETERS,
     FusionParameters,
+    repair_parameters,
     validate,
 )
 
@@ -57,6 +58,38 @@ def test_default_parameters_are_valid() -> None:
 def test_invalid_parameter_combinations_give_a_reason(changes, reason_part) -> None:
     reason = validate(_defaults().replace(changes))
     assert reason is not None and reason_part in reason
+
+
+def test_repair_resets_only_the_bad_parameters() -> None:
+    bad = _defaults().replace(
+        {"qos": "bogus", "score_threshold": 0.7, "agc_low_percentile": 99.5, "slop": 0.2}
+    )
+    repaired, fixes = repair_parameters(bad)
+    assert validate(repaired) is None
+    assert sorted(name for name, _ in fixes) == ["agc_low_percentile", "qos"]
+    assert repaired.score_threshold == 0.7 and repaired.slop == 0.2
+    assert repaired.qos == "sensor_data" and repaired.agc_low_percentile == 1.0
+
+
+def test_integer_overrides_for_doubles_are_coerced() -> None:
+    from rclpy.parameter import Parameter
+
+    from ros2_bilevel_fusion.node import _coerce_override
+
+    assert _coerce_override(Parameter("slop", value=1), 0.05) == 1.0
+    assert _coerce_override(Parameter("h", value=[1, 0, 0, 0, 1, 0, 0, 0, 1]), [1.0] * 9) == [
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+    ]
+    assert _coerce_override(Parameter("qos", value=3), "sensor_data") is None
+    assert _coerce_override(None, 0.05) is None
 
 
 # ------------------------------------------------------------------ node process
