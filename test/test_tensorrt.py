@@ -140,3 +140,128 @@ def test_tensorrt_matches_onnxruntime_and_reuses_cache(fixture_bundle: Path, tmp
     engine_path.write_bytes(pack_engine_cache(replace(trt_backend.key, gpu_name="x"), b"junk"))
     rebuilt = create_backend("tensorrt", bundle)
     assert unpack_engine_cache(engine_path.read_bytes(), rebuilt.key) is not None
+
+
+# ------------------------------------------------------------------------------------------
+# Cache control flow of TensorRTBackend without TensorRT: a synthetic stand-in for the few
+# tensorrt calls the constructor makes (Runtime.deserialize_cuda_engine, engine I/O listing).
+# It checks the decisions (reuse, rebuild on a stale or foreign cache, fallback folder), not
+# TensorRT itself, which test_tensorrt_matches_onnxruntime_and_reuses_cache covers on a GPU.
+
+
+class _SyntheticEngine:
+    def __init__(self, names: list[str], inputs: set[str]) -> None:
+        self.names, self.inputs = names, inputs
+        self.num_io_tensors = len(names)
+
+    def get_tensor_name(self, index: int) -> str:
+        return self.names[index]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "INPUT" if name in self.inputs else "OUTPUT"
+
+    def create_execution_context(self) -> object:
+        return object()
+
+
+class _SyntheticTrt:
+    __version__ = "10.99.0"
+
+    class Logger:
+        WARNING = ERROR = 0
+
+        def __init__(self, *_: object) -> None:
+            pass
+
+    class TensorIOMode:
+        INPUT = "INPUT"
+
+    def __init__(self, bundle) -> None:
+        self.bundle = bundle
+        outer = self
+
+        class Runtime:
+            def __init__(self, *_: object) -> None:
+                pass
+
+            def deserialize_cuda_engine(self, data: bytes):
+                if not data.startswith(b"SYNTHETIC_ENGINE"):
+                    return None  # what TensorRT does with an engine of another version
+                names = [outer.bundle.inputs.ir_name, outer.bundle.inputs.visible_name]
+                return _SyntheticEngine(names + outer.bundle.output_names, set(names))
+
+        self.Runtime = Runtime
+
+
+class _SyntheticCuda:
+    gpu_name = "Synthetic GPU"
+
+
+@pytest.fixture()
+def synthetic_trt(monkeypatch, fixture_bundle: Path, tmp_path: Path):
+    from ros2_bilevel_fusion.backends import tensorrt_backend
+
+    folder = Path(shutil.copytree(fixture_bundle, tmp_path / "bundle"))
+    bundle = load_bundle(folder)
+    builds: list[int] = []
+
+    def fake_build(onnx_path, **_kwargs) -> bytes:
+        builds.append(1)
+        return b"SYNTHETIC_ENGINE" + bytes(len(builds))
+
+    monkeypatch.setattr(tensorrt_backend, "_import_tensorrt", lambda: _SyntheticTrt(bundle))
+    monkeypatch.setattr(tensorrt_backend, "open_cuda", lambda device=0: _SyntheticCuda())
+    monkeypatch.setattr(tensorrt_backend, "build_engine", fake_build)
+    monkeypatch.setenv("ROS_HOME", str(tmp_path / "ros_home"))
+    return tensorrt_backend, bundle, builds
+
+
+def test_engine_is_built_once_then_reused(synthetic_trt) -> None:
+    module, bundle, builds = synthetic_trt
+    first = module.TensorRTBackend(bundle)
+    assert builds == [1] and first.engine_path.parent == bundle.folder
+    assert "synthetic-gpu" in first.engine_path.name and first.key.precision == "fp32"
+    second = module.TensorRTBackend(bundle)
+    assert builds == [1] and second.engine_path == first.engine_path
+    fp16 = module.TensorRTBackend(bundle, fp16=True)
+    assert len(builds) == 2 and fp16.engine_path != first.engine_path
+
+
+def test_stale_or_foreign_cache_is_rebuilt(synthetic_trt) -> None:
+    module, bundle, builds = synthetic_trt
+    path = module.TensorRTBackend(bundle).engine_path
+    # Same file name, header written for another profile: must not be trusted.
+    path.write_bytes(
+        pack_engine_cache(
+            replace(module.TensorRTBackend(bundle).key, max_hw=(64, 64)), b"SYNTHETIC_ENGINE"
+        )
+    )
+    module.TensorRTBackend(bundle)
+    assert len(builds) == 2
+    # Header matches but TensorRT refuses the engine (another TensorRT build): rebuilt too.
+    key = module.TensorRTBackend(bundle).key
+    path.write_bytes(pack_engine_cache(key, b"engine of another TensorRT"))
+    module.TensorRTBackend(bundle)
+    assert len(builds) == 3
+    assert unpack_engine_cache(path.read_bytes(), key).startswith(b"SYNTHETIC_ENGINE")
+
+
+def test_unwritable_first_cache_folder_falls_back_to_the_next(
+    synthetic_trt, monkeypatch, tmp_path: Path
+) -> None:
+    module, bundle, builds = synthetic_trt
+    blocker = tmp_path / "synthetic_file"
+    blocker.write_text("a file where a folder would be: mkdir fails like a read-only share dir")
+    fallback = tmp_path / "ros_home" / "engines"
+    monkeypatch.setattr(module, "engine_cache_dirs", lambda folder: [blocker / "sub", fallback])
+    backend = module.TensorRTBackend(bundle)
+    assert backend.engine_path.parent == fallback
+    module.TensorRTBackend(bundle)
+    assert builds == [1]  # found again in the fallback folder
+
+
+def test_engine_lacking_a_bundle_output_is_refused(synthetic_trt, monkeypatch) -> None:
+    module, bundle, _ = synthetic_trt
+    monkeypatch.setattr(_SyntheticEngine, "get_tensor_name", lambda self, i: self.names[i] + "_x")
+    with pytest.raises(BackendError, match="engine inputs"):
+        module.TensorRTBackend(bundle)

@@ -345,33 +345,37 @@ class TensorRTBackend:
             opt_hw=tuple(opt_hw),
             max_hw=tuple(max_hw),
         )
-        self.engine_path, engine_bytes = self._load_or_build(fp16)
-        logger = self.trt.Logger(self.trt.Logger.WARNING)
-        self.runtime = self.trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
-        if self.engine is None:
-            raise BackendError(f"TensorRT could not deserialize the engine {self.engine_path}")
+        self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
+        self.engine_path, self.engine = self._load_or_build(fp16)
         self.context = self.engine.create_execution_context()
         self._check_io()
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device ptr, capacity bytes)
         self.name = f"tensorrt:{precision}:{self.cuda.gpu_name}"
 
-    def _load_or_build(self, fp16: bool) -> tuple[Path, bytes]:
+    def _load_or_build(self, fp16: bool) -> tuple[Path, Any]:
+        """(cache path, deserialized engine): a matching cache, else a fresh build (cached)."""
         name = engine_cache_name(self.bundle.onnx_path.stem, self.key)
         for folder in engine_cache_dirs(self.bundle.folder):
             path = folder / name
             if path.is_file():
-                engine = unpack_engine_cache(path.read_bytes(), self.key)
-                if engine is not None and self._deserializes(engine):
+                engine_bytes = unpack_engine_cache(path.read_bytes(), self.key)
+                # TensorRT's own check is the second guard: None for a foreign engine.
+                engine = (
+                    self.runtime.deserialize_cuda_engine(engine_bytes) if engine_bytes else None
+                )
+                if engine is not None:
                     return path, engine
-        engine = build_engine(
+        engine_bytes = build_engine(
             self.bundle.onnx_path,
             fp16=fp16,
             min_hw=self.key.min_hw,
             opt_hw=self.key.opt_hw,
             max_hw=self.key.max_hw,
         )
-        data = pack_engine_cache(self.key, engine)
+        engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if engine is None:
+            raise BackendError(f"TensorRT could not deserialize the engine it just built ({name})")
+        data = pack_engine_cache(self.key, engine_bytes)
         for folder in engine_cache_dirs(self.bundle.folder):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -381,12 +385,8 @@ class TensorRTBackend:
                 tmp.replace(path)  # atomic: a crash mid-write never leaves a half cache file
                 return path, engine
             except OSError:
-                continue
-        return Path("<memory>"), engine
-
-    def _deserializes(self, engine: bytes) -> bool:
-        runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.ERROR))
-        return runtime.deserialize_cuda_engine(engine) is not None
+                continue  # read-only bundle folder: try the per-user cache folder
+        return Path("<not cached>"), engine
 
     def _check_io(self) -> None:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
