@@ -14,6 +14,10 @@ detections are always published as JSON (std_msgs/String) on ``~/detections/json
 "class_name", "score", "bbox": {"x_min", "y_min", "x_max", "y_max", "center_x", "center_y",
 "size_x", "size_y"}}]}`` in visible-image pixels.
 
+Rendered views cost CPU, so ``~/debug_image`` and ``~/segmentation/color`` are computed and
+published only while someone subscribes to them; ``~/fused``, ``~/segmentation`` and the
+detections are published for every processed pair (subject to the publish_* toggles).
+
 Run: ``python -m ros2_bilevel_fusion.node --ros-args -p bundle_path:=... -r ir/image:=/cam``.
 """
 
