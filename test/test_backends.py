@@ -166,9 +166,10 @@ def test_torch_matches_onnxruntime_on_default_bundle(repo_root: Path) -> None:
         np.testing.assert_allclose(actual[name], expected[name], atol=2e-3, rtol=1e-3)
 
 
-def test_onnxruntime_path_imports_neither_torch_nor_tensorrt(fixture_bundle: Path) -> None:
+def test_node_and_onnxruntime_path_import_neither_torch_nor_tensorrt(fixture_bundle: Path) -> None:
     code = (
         "import sys\n"
+        "import ros2_bilevel_fusion.node\n"
         "from ros2_bilevel_fusion.backends import create_backend\n"
         "from ros2_bilevel_fusion.bundle import load_bundle\n"
         f"create_backend('auto', load_bundle({str(fixture_bundle)!r}), threads=1)\n"
