@@ -265,3 +265,16 @@ def test_engine_lacking_a_bundle_output_is_refused(synthetic_trt, monkeypatch) -
     monkeypatch.setattr(_SyntheticEngine, "get_tensor_name", lambda self, i: self.names[i] + "_x")
     with pytest.raises(BackendError, match="engine inputs"):
         module.TensorRTBackend(bundle)
+
+
+def test_int8_calibrator_needs_tensorrt_and_says_so(tmp_path: Path) -> None:
+    from ros2_bilevel_fusion.backends.tensorrt_backend import make_int8_calibrator
+
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendError, match="tensorrt is not installed"):
+            make_int8_calibrator(tmp_path)
+    else:
+        with pytest.raises(BackendError, match="no ir/"):
+            make_int8_calibrator(tmp_path)

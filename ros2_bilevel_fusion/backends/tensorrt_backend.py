@@ -531,3 +531,8 @@ def ImageFolderCalibrator(  # noqa: N802 - reads like the class it returns
                 Path(cache_path).write_bytes(bytes(cache))
 
     return _ImageFolderCalibrator()
+
+
+def make_int8_calibrator(calib_dir: str | Path, **kwargs: Any) -> Any:
+    """The name training/export.py calls for ``--int8 --calib DIR``: an ImageFolderCalibrator."""
+    return ImageFolderCalibrator(calib_dir, **kwargs)
