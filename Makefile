@@ -3,6 +3,7 @@
 #
 #   make demo    venv with runtime deps, pip install the package, play the sample through the node
 #   make test    venv with dev deps, editable install, ruff, then pytest on test/
+#                (PYTEST_TARGETS="test/test_x.py" PYTEST_ARGS="-q -k name" to narrow it)
 #   make lint    ruff only
 #   make bench   every bench/*.py
 #   make sample  rebuild sample/tno_sample from ../shared/data/tno
@@ -16,6 +17,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -q
+PYTEST_TARGETS ?= test/
 SHARED_DATA ?= ../shared/data
 
 # DDS stays on this machine; big images need the LARGE_DATA transports (see README).
@@ -49,7 +51,7 @@ test: $(DEV_STAMP)
 	@status=0; \
 	echo "== ruff"; $(PY) -m ruff check . || status=1; \
 	echo "== pytest"; \
-	OMP_NUM_THREADS=1 $(ROS_ENV) $(PY) -m pytest test/ $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=1 $(ROS_ENV) $(PY) -m pytest $(PYTEST_TARGETS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; \
 	if [ $$rc -ne 0 ]; then status=1; fi; \
 	exit $$status
