@@ -16,6 +16,7 @@ Pure helpers shared by the replayer, the pairs-to-bag converter, the recorder an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -80,14 +81,21 @@ class TopicInfo:
     count: int
 
 
-def _open_reader(bag: Path) -> Reader:
+@contextlib.contextmanager
+def _open_reader(bag: Path) -> Iterator[Reader]:
+    """An opened rosbags Reader; every failure to open becomes a BagError."""
     bag = Path(bag)
     if not (bag / "metadata.yaml").is_file():
         raise BagError(f"{bag} is not a rosbag2 folder (no metadata.yaml)")
     try:
-        return Reader(bag)
+        reader = Reader(bag)
+        reader.open()
     except Exception as exc:  # rosbags raises several types for a broken bag
         raise BagError(f"cannot open bag {bag}: {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def bag_topics(bag: Path) -> dict[str, TopicInfo]:
@@ -105,7 +113,14 @@ def read_bag(bag: Path, topics: Sequence[str] | None = None) -> Iterator[BagMess
         connections = [c for c in reader.connections if topics is None or c.topic in topics]
         if topics is not None and not connections:
             raise BagError(f"{bag}: none of the topics {list(topics)} are in the bag")
-        for connection, timestamp, raw in reader.messages(connections=connections):
+        messages = reader.messages(connections=connections)
+        while True:
+            try:
+                connection, timestamp, raw = next(messages)
+            except StopIteration:
+                return
+            except Exception as exc:  # a truncated or corrupt storage file
+                raise BagError(f"cannot read {bag}: {exc}") from exc
             yield BagMessage(connection.topic, connection.msgtype, int(timestamp), bytes(raw))
 
 

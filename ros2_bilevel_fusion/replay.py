@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ros2_bilevel_fusion.bagio import BagError, BagMessage, raw_to_rclpy, read_bag
+from ros2_bilevel_fusion.bagio import BagError, BagMessage, bag_topics, raw_to_rclpy, read_bag
 
 LOG = logging.getLogger("fusion-replay")
 
@@ -357,8 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         options = options_from_args(args)
-    except ValueError as exc:
+        if options.rate <= 0:
+            raise ValueError("--rate must be positive")
+        # Check the bag before touching ROS, so a wrong path is a clear one-line error.
+        topics = bag_topics(options.bag)
+    except (ValueError, BagError) as exc:
         LOG.error("%s", exc)
+        return 2
+    missing = [t for t in options.topics or [] if t not in topics]
+    if missing:
+        LOG.error("topics %s are not in %s (it has %s)", missing, options.bag, sorted(topics))
         return 2
     import rclpy
     from rclpy.signals import SignalHandlerOptions

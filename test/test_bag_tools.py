@@ -231,3 +231,24 @@ def test_replay_restamp_uses_wall_clock(tno_bag: Path) -> None:
     for (ir_stamp, _), (vis_stamp, _), ir0, vis0 in zip(
             ir, visible, original["/ir/image"], original["/visible/image"], strict=True):
         assert ir_stamp - vis_stamp == ir0 - vis0  # pair offset kept exactly
+
+
+def test_replay_cli_rejects_bad_input_before_ros(tno_bag: Path, tmp_path: Path) -> None:
+    assert replay.main([str(tmp_path / "no_bag")]) == 2
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metadata.yaml").write_text("not: [a bag")
+    assert replay.main([str(tmp_path / "broken")]) == 2
+    assert replay.main([str(tno_bag), "--topics", "/nope"]) == 2
+    assert replay.main([str(tno_bag), "--rate", "0"]) == 2
+    assert replay.main([str(tno_bag), "--remap", "bad"]) == 2
+
+
+def test_truncated_bag_is_a_bag_error(tno_bag: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "truncated"
+    shutil.copytree(tno_bag, broken)
+    storage = next(broken.glob("*.mcap"))
+    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 2])
+    with pytest.raises(bagio.BagError):
+        list(bagio.read_bag(broken))
