@@ -53,6 +53,18 @@ class DemoOptions:
     max_pngs: int = 1000
 
 
+def resolve_bag(path: Path) -> Path:
+    """A rosbag2 folder, or a folder holding exactly one (``--bag sample`` works)."""
+    path = Path(path)
+    if (path / "metadata.yaml").is_file():
+        return path
+    inner = sorted(p.parent for p in path.glob("*/metadata.yaml")) if path.is_dir() else []
+    if len(inner) == 1:
+        return inner[0]
+    raise BagError(f"{path} is not a rosbag2 folder and does not hold exactly one"
+                   f" ({len(inner)} found)")
+
+
 def loops_for_duration(bag: Path, duration_s: float) -> tuple[int, float]:
     """(loops, pass length in s) so that the looped bag plays for about ``duration_s``."""
     record_times: dict[str, list[int]] = {}
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = DemoOptions(
             out=args.out,
-            bag=args.bag if args.bag is not None else resources.sample_bag_path(),
+            bag=resolve_bag(args.bag) if args.bag is not None else resources.sample_bag_path(),
             bundle=args.bundle if args.bundle is not None else resources.default_bundle_path(),
             backend=args.backend,
             duration_s=args.duration,

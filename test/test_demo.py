@@ -12,6 +12,7 @@ import cv2
 import pytest
 
 from ros2_bilevel_fusion import demo, live_run, recorder, resources
+from ros2_bilevel_fusion.bagio import BagError
 from ros2_bilevel_fusion.bundle import MODEL_YAML
 
 
@@ -71,6 +72,14 @@ def test_demo_fails_clearly_on_missing_bundle(tmp_path: Path) -> None:
 def test_live_run_rejects_non_bag(tmp_path: Path) -> None:
     with pytest.raises(live_run.LiveRunError):
         live_run.run_bag_through_node(tmp_path)
+
+
+def test_resolve_bag_accepts_bag_or_folder_of_one(tmp_path: Path) -> None:
+    sample = resources.sample_bag_path()
+    assert demo.resolve_bag(sample) == sample
+    assert demo.resolve_bag(sample.parent) == sample
+    with pytest.raises(BagError):
+        demo.resolve_bag(tmp_path)
 
 
 def test_loops_for_duration_on_sample() -> None:
