@@ -119,3 +119,64 @@ def test_recorder_converts_diagnostics_message() -> None:
     assert topics["fused"] == "/fusion_node/fused"
     assert topics["detections/json"] == "/fusion_node/detections/json"
     assert recorder.output_topics(namespace="/robot")["fused"] == "/robot/fusion_node/fused"
+
+
+def test_recorder_matches_best_effort_and_reliable_publishers() -> None:
+    """A best-effort fused publisher and a reliable JSON one are both recorded (in-process)."""
+    import threading
+    import time
+
+    import numpy as np
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from ros2_bilevel_fusion.bagio import make_rclpy_image
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        fake = rclpy.create_node("fusion_node", context=context)  # stands in for the node
+        fused_pub = fake.create_publisher(
+            type(make_rclpy_image(np.zeros((1, 1), np.uint8), "mono8", 0, "")),
+            "~/fused", QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        json_pub = fake.create_publisher(String, "~/detections/json", 10)
+        listener = rclpy.create_node("recorder_test", context=context)
+        rec = recorder.OutputRecorder(listener, poll_period_s=0.05)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(listener)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        topics = recorder.output_topics()
+        deadline = time.monotonic() + 20
+        while (rec.matched_publishers(topics["fused"]) < 1
+               or rec.matched_publishers(topics["detections/json"]) < 1):
+            assert time.monotonic() < deadline, "recorder never matched the publishers"
+            time.sleep(0.05)
+        while fused_pub.get_subscription_count() < 1 or json_pub.get_subscription_count() < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        rng = np.random.default_rng(3)
+        frames = [rng.integers(0, 255, (4, 6, 3), dtype=np.uint8) for _ in range(3)]  # synthetic
+        for index, frame in enumerate(frames):
+            stamp = 1_000_000_000 * (index + 1)
+            fused_pub.publish(make_rclpy_image(frame, "bgr8", stamp, "visible"))
+            json_pub.publish(String(data=json.dumps(
+                {"stamp": {"sec": index + 1, "nanosec": 0}, "detections": []})))
+            time.sleep(0.05)
+        while rec.count(topics["fused"]) < 3 or rec.count(topics["detections/json"]) < 3:
+            assert time.monotonic() < deadline, rec.snapshot()
+            time.sleep(0.05)
+        records = rec.snapshot()
+        fused = records[topics["fused"]]
+        assert [r.stamp_ns for r in fused] == [1_000_000_000, 2_000_000_000, 3_000_000_000]
+        for record, frame in zip(fused, frames, strict=True):
+            assert np.array_equal(record.payload, frame)
+        assert [r.stamp_ns for r in records[topics["detections/json"]]] == [
+            1_000_000_000, 2_000_000_000, 3_000_000_000]
+        rec.close()
+        executor.shutdown()
+        spinner.join(timeout=5)
+    finally:
+        rclpy.try_shutdown(context=context)
