@@ -194,6 +194,18 @@ def _outputs_ready(recorder: OutputRecorder, topics: dict[str, str],
     return True
 
 
+def quiet_period_s(recorder: OutputRecorder, topics: dict[str, str]) -> float:
+    """How long without outputs means the node is done: longer for a slow model.
+
+    Twice the node's p95 time per pair (from its latest /diagnostics) plus half a second,
+    and never less than QUIET_PERIOD_S.
+    """
+    records = recorder.records[topics["diagnostics"]]
+    status = node_status(records[-1].payload) if records and records[-1].payload else {}
+    per_pair_ms = _float_or_none(status.get("total_ms_p95")) or 0.0
+    return max(QUIET_PERIOD_S, 2.0 * per_pair_ms / 1000.0 + 0.5)
+
+
 def run_bag_through_node(
     bag: Path,
     *,
@@ -310,7 +322,8 @@ def run_bag_through_node(
         while time.monotonic() < deadline and node_process.poll() is None:
             last = recorder.last_receive_ns()
             quiet_s = (time.time_ns() - last) / 1e9 if last else time.monotonic() - quiet_since
-            if quiet_s >= QUIET_PERIOD_S and time.monotonic() - quiet_since >= 1.0:
+            if (quiet_s >= quiet_period_s(recorder, topics)
+                    and time.monotonic() - quiet_since >= 1.0):
                 break
             time.sleep(0.1)
     finally:
