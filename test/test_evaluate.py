@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -285,3 +286,17 @@ def test_bag_mode_on_a_tiny_real_bag(fixture_bundle, shared_data, tmp_path) -> N
     assert (out / "report.md").is_file() and (out / "latency_hist.png").is_file()
     rows = _read_csv(out / "per_frame.csv")
     assert {row["method"] for row in rows} >= {"node (published)"}
+
+
+def test_report_helpers() -> None:
+    from ros2_bilevel_fusion import report
+
+    assert report.format_value(float("nan")) == "n/a"
+    assert report.format_value(float("inf")) == "inf"
+    assert report.format_value(1.23456) == "1.235"
+    assert report.format_value(None) == "-"
+    table = report.markdown_table([{"a": 1.0, "b": "x"}, {"a": 2.5}], ["a", "b"], digits=1)
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.0 | x |", "| 2.5 | - |"]
+    stats = report.percentiles([1.0, 2.0, 3.0, 4.0])
+    assert stats["p50"] == 2.5 and stats["count"] == 4 and stats["max"] == 4.0
+    assert math.isnan(report.percentiles([])["p50"])
