@@ -126,11 +126,20 @@ def aggregate(
 AGGREGATION_KINDS = ("loss_rate", "grad_norm", "fixed")
 
 
+def _descent_rate(current: float, previous: float) -> float:
+    """L(t-1) / L(t-2); a ratio of losses that are not both positive (a WGAN term can be
+    negative) says nothing about descent, so it counts as 1 (no change)."""
+    if current <= 0.0 or previous <= 0.0:
+        return 1.0
+    return current / previous
+
+
 @dataclass
 class DynamicAggregator:
     """Weights ``a_k`` (summing to 1) for the per-module hypergradients, from measured signals.
 
-    * ``loss_rate`` (DWA, Liu et al. 2019): the signal is each module's upper-level task loss.
+    * ``loss_rate`` (DWA, Liu et al. 2019): the signal is each module's upper-level objective
+      F_k (positive; a ratio of non-positive values counts as rate 1).
       Losses are smoothed by an EMA (batches differ step to step); the descent rate
       ``r_k = L_k(t-1) / L_k(t-2)`` of the smoothed loss goes through ``softmax(r_k / T)``:
       a task whose loss has stopped falling (r near 1 or above) gets more weight. Equal weights
@@ -179,9 +188,7 @@ class DynamicAggregator:
                 new_smoothed[k] = value if old is None else self.ema * old + (1 - self.ema) * value
             if self.kind == "loss_rate":
                 if all(k in self.previous and k in self.smoothed for k in keys):
-                    rates = {
-                        k: self.smoothed[k] / max(self.previous[k], 1e-12) for k in keys
-                    }
+                    rates = {k: _descent_rate(self.smoothed[k], self.previous[k]) for k in keys}
                     top = max(rates.values())
                     raw = {k: math.exp((rates[k] - top) / self.temperature) for k in keys}
                 else:
