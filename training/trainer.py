@@ -84,7 +84,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lambdas": {"discriminator": 0.05, "detector": 0.1, "segmenter": 0.1},
     "lr": {"fusion": 1e-3, "discriminator": 1e-4, "detector": 1e-3, "segmenter": 1e-3},
     "grad_clip": 1.0,
-    "aggregation": {"kind": "loss_rate", "temperature": 2.0, "ema": 0.9, "fixed_weights": None},
+    "aggregation": {
+        "kind": "loss_rate", "temperature": 0.05, "ema": 0.95, "fixed_weights": None,
+        "reset_on_resume": False,
+    },
     "data": {
         "root": "../shared/data",
         "fusion_sets": ["roadscene", "msrs"],
@@ -504,8 +507,10 @@ class Trainer:
             hypergrads[k] = first_order_hypergradient(
                 g_theta_upper, g_w_upper, grads_theta_f[k], grads_w_f[k]
             )
-            # DWA signal: F_k, positive (the WGAN term l_D alone can be negative).
-            task_losses[k] = float(upper.detach())
+            # DWA signal: the task loss l_k (detector, segmenter); for the discriminator F_D,
+            # because the WGAN term l_D alone is sign-indefinite. (F_k for all modules was
+            # tried first: the fusion loss dominates every F_k and the weights stayed uniform.)
+            task_losses[k] = float((upper if k == "discriminator" else l_k).detach())
             scalars[f"upper/{k}"] = float(l_k.detach())
             scalars[f"upper/F_{k}"] = float(upper.detach())
             scalars[f"hypergrad_norm/{k}"] = grad_norm(hypergrads[k])
@@ -654,7 +659,12 @@ class Trainer:
         for k, opt in self.optimizers.items():
             if k in state["optimizers"]:
                 opt.load_state_dict(state["optimizers"][k])
-        self.aggregator.load_state_dict(state["aggregator"])
+        if self.config["aggregation"].get("reset_on_resume"):
+            # Continuing with a changed aggregation signal or temperature: start its history
+            # afresh instead of mixing two definitions (breaks exactness on purpose).
+            pass
+        else:
+            self.aggregator.load_state_dict(state["aggregator"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.best_metric = float(state["best_metric"])
