@@ -249,10 +249,8 @@ def replay_messages(node: Any, options: ReplayOptions,
             lateness_ns.append(time.monotonic_ns() - due_mono)
             publishers[message.topic].publish(payload)
             published[message.topic] += 1
-        else:
+        if not stop.is_set():
             loop += 1
-            continue
-        break
     interrupted = stop.is_set()
     duration_s = (time.monotonic_ns() - mono_start_ns) / 1e9
     if options.linger_s > 0 and not interrupted:
