@@ -185,6 +185,17 @@ def test_export_model_from_parts_and_fusion_only() -> None:
     rebuilt.load_state_dict(model.state_dict())
 
 
+def test_export_model_rejects_parts_that_contradict_the_architecture() -> None:
+    with pytest.raises(ValueError, match="detector"):
+        ExportModel.from_parts(build_fusion("realtime"), build_detector(2), None,
+                               {"fusion": "realtime", "detector": {"num_classes": 3}})
+    with pytest.raises(ValueError, match="segmenter"):
+        ExportModel.from_parts(build_fusion("realtime"), None, build_segmenter(4),
+                               {"fusion": "realtime"})
+    with pytest.raises(ValueError, match="fusion"):
+        build_export_model({"fusion": "big"})
+
+
 def test_class_lists_are_consistent() -> None:
     assert DETECTION_CLASSES == ("person", "bicycle", "car")
     assert SEGMENTATION_CLASSES[1:] == DETECTION_CLASSES

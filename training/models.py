@@ -484,10 +484,22 @@ class ExportModel(nn.Module):
         architecture: dict[str, Any],
     ) -> None:
         super().__init__()
+        parsed = Architecture.from_dict(architecture)
+        # the architecture dict is what rebuilds this module from model.pt: it must match
+        if (detector is None) != (parsed.detector_classes is None) or (
+            detector is not None and detector.num_classes != parsed.detector_classes
+        ):
+            raise ValueError(f"detector does not match architecture {architecture!r}")
+        if (segmenter is None) != (parsed.segmenter_classes is None) or (
+            segmenter is not None
+            and getattr(segmenter, "num_classes", parsed.segmenter_classes)
+            != parsed.segmenter_classes
+        ):
+            raise ValueError(f"segmenter does not match architecture {architecture!r}")
         self.fusion = fusion
         self.detector = detector
         self.segmenter = segmenter
-        self.architecture = Architecture.from_dict(architecture).to_dict()
+        self.architecture = parsed.to_dict()
 
     @classmethod
     def from_parts(
