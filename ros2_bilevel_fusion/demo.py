@@ -5,6 +5,7 @@ processes, loopback DDS, private domain) on the sample bag, looped to about ``--
 seconds, then writes into ``--out``:
 
 * ``fused/``, ``segmentation/`` (colour), ``debug/``: PNGs of what the node published;
+* ``overview.png``: IR | visible | fused | debug side by side for the first distinct frames;
 * ``detections.json``: every ``~/detections/json`` message the node published;
 * ``summary.json``: the numbers; ``report.md``: the same for people (also printed);
 * ``node.log``, ``replay.log``, ``params.yaml``: for troubleshooting.
@@ -26,7 +27,7 @@ import cv2
 import numpy as np
 
 from ros2_bilevel_fusion import resources
-from ros2_bilevel_fusion.bagio import BagError, read_bag
+from ros2_bilevel_fusion.bagio import BagError, image_msg_to_array, read_bag
 from ros2_bilevel_fusion.bundle import BundleError, load_bundle
 from ros2_bilevel_fusion.live_run import (
     LiveRunError,
@@ -34,11 +35,13 @@ from ros2_bilevel_fusion.live_run import (
     result_summary,
     run_bag_through_node,
 )
+from ros2_bilevel_fusion.pairs_to_bag import IR_TOPIC, VISIBLE_TOPIC
 from ros2_bilevel_fusion.replay import loop_period_ns
 
 LOG = logging.getLogger("fusion-demo")
 
 IMAGE_FOLDERS = {"fused": "fused", "segmentation/color": "segmentation", "debug_image": "debug"}
+OVERVIEW = "overview.png"
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,59 @@ def write_images(result: LiveRunResult, out: Path, max_pngs: int) -> dict[str, i
     return written
 
 
+def bag_frames(bag: Path, topic: str) -> list[np.ndarray]:
+    """Images of one topic of the bag, in order, as 3-channel BGR (for the overview)."""
+    frames = []
+    for message in read_bag(bag, [topic]):
+        image = image_msg_to_array(message.decode())
+        if image.dtype != np.uint8:
+            image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        frames.append(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image)
+    return frames
+
+
+def write_overview(result: LiveRunResult, bag: Path, path: Path, columns: int = 4,
+                   tile_width: int = 320) -> bool:
+    """A PNG grid, one row per distinct frame: IR | visible | fused | debug.
+
+    The replayer publishes the bag's frames in order, pass after pass, so the n-th visible
+    image the recorder saw is bag frame n modulo the pass length; a fused image carries that
+    visible image's stamp.
+    """
+    visible_in = bag_frames(bag, VISIBLE_TOPIC)
+    ir_in = bag_frames(bag, IR_TOPIC)
+    if not visible_in or not ir_in:
+        return False
+    index_of_stamp = {
+        record.stamp_ns: n % len(visible_in)
+        for n, record in enumerate(result.records.get(VISIBLE_TOPIC, []))
+    }
+    debug_by_stamp = {r.stamp_ns: r.payload for r in result.output("debug_image")}
+    rows, seen = [], set()
+    for record in result.output("fused"):
+        frame = index_of_stamp.get(record.stamp_ns)
+        if frame is None or frame in seen or record.payload is None:
+            continue
+        seen.add(frame)
+        fused = record.payload
+        fused = cv2.cvtColor(fused, cv2.COLOR_GRAY2BGR) if fused.ndim == 2 else fused
+        debug = debug_by_stamp.get(record.stamp_ns)
+        tiles = [ir_in[min(frame, len(ir_in) - 1)], visible_in[frame], fused]
+        if debug is not None:
+            tiles.append(debug)
+        height = round(tile_width * fused.shape[0] / fused.shape[1])
+        tiles = [cv2.resize(t, (tile_width, height), interpolation=cv2.INTER_AREA)
+                 for t in tiles]
+        tiles += [np.zeros_like(tiles[0])] * (4 - len(tiles))
+        rows.append(np.hstack(tiles))
+        if len(rows) == columns:
+            break
+    if not rows:
+        return False
+    cv2.imwrite(str(path), np.vstack(rows))
+    return True
+
+
 def detections_document(result: LiveRunResult) -> list[dict[str, Any]]:
     return [
         {"stamp_ns": record.stamp_ns, "receive_ns": record.receive_ns, **record.payload}
@@ -112,7 +168,7 @@ def detections_document(result: LiveRunResult) -> list[dict[str, Any]]:
 
 
 def render_report(result: LiveRunResult, options: DemoOptions, summary: dict[str, Any],
-                  written: dict[str, int], model: dict[str, Any]) -> str:
+                  written: dict[str, int], model: dict[str, Any], overview: bool = False) -> str:
     latency_p50, latency_p95 = percentiles(result.latency_ms)
     detections = detections_document(result)
     boxes = sum(len(d.get("detections", [])) for d in detections)
@@ -145,6 +201,8 @@ def render_report(result: LiveRunResult, options: DemoOptions, summary: dict[str
         "## Files",
         "",
         *(f"- `{folder}/`: {count} PNGs" for folder, count in written.items()),
+        *([f"- `{OVERVIEW}`: IR | visible | fused | debug, one row per distinct frame"]
+          if overview else []),
         "- `detections.json`: every detections message (JSON as the node publishes it)",
         "- `summary.json`, `node.log`, `replay.log`, `params.yaml`",
         "",
@@ -169,13 +227,15 @@ def run_demo(options: DemoOptions) -> tuple[str, dict[str, Any]]:
         out_dir=out, timeout_s=options.timeout_s, loops=loops,
     )
     written = write_images(result, out, options.max_pngs)
+    (out / OVERVIEW).unlink(missing_ok=True)
+    overview = write_overview(result, options.bag, out / OVERVIEW)
     (out / "detections.json").write_text(json.dumps(detections_document(result), indent=1))
     summary = result_summary(result)
     summary.update(loops=loops, pass_s=pass_s, bag=str(options.bag), bundle=str(options.bundle),
                    pngs=written)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     model = {"name": bundle.name, "note": str(bundle.provenance.get("note", ""))}
-    report = render_report(result, options, summary, written, model)
+    report = render_report(result, options, summary, written, model, overview)
     (out / "report.md").write_text(report)
     return report, summary
 

@@ -52,6 +52,9 @@ def test_demo_writes_report_images_and_detections(demo_run: Path, demo_bundle: P
     assert any((demo_run / "debug").glob("*.png"))
     assert any((demo_run / "segmentation").glob("*.png"))
 
+    overview = cv2.imread(str(demo_run / "overview.png"))
+    assert overview.shape[1] == 4 * 320 and overview.shape[0] >= 240
+
     detections = json.loads((demo_run / "detections.json").read_text())
     assert len(detections) > 0
     assert all("detections" in d and d["stamp_ns"] > 0 for d in detections)
