@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -337,6 +338,7 @@ def run_bag_through_node(
         spinner.join(timeout=5.0)
         listener.destroy_node()
         rclpy.try_shutdown(context=context)
+        shutil.rmtree(ros_home, ignore_errors=True)  # rcl's own logs; ours are in work_dir
 
     replay_summary = (json.loads(replay_summary_path.read_text())
                       if replay_summary_path.is_file() else {})
