@@ -179,3 +179,16 @@ def test_torchrun_two_processes_gloo(tmp_path: Path, repo_root: Path) -> None:
     assert checkpoint["step"] == 3
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and rows[-1]["mode/bilevel"] == 1.0
+
+
+def test_fusion_loss_weights_come_from_the_config(tmp_path: Path) -> None:
+    trainer = Trainer(_tiny_config(tmp_path, "fusion_loss={gradient: 20.0}", "steps=1"),
+                      quiet=True)
+    assert trainer.fusion_loss_weights.gradient == 20.0
+    assert trainer.fusion_loss_weights.intensity == 1.0  # losses' default kept
+    row = trainer.train()[-1]
+    prefix = "fusion_parts/fusion/"
+    parts = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
+    assert row["fusion/fusion"] == pytest.approx(
+        parts["intensity"] + 20.0 * parts["gradient"] + 0.5 * parts["ssim"], rel=1e-5
+    )

@@ -84,6 +84,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lambdas": {"discriminator": 0.05, "detector": 0.1, "segmenter": 0.1},
     "lr": {"fusion": 1e-3, "discriminator": 1e-4, "detector": 1e-3, "segmenter": 1e-3},
     "grad_clip": 1.0,
+    # losses.FusionLossWeights fields; empty = that module's defaults.
+    "fusion_loss": {},
     "aggregation": {
         "kind": "loss_rate", "temperature": 0.05, "ema": 0.95, "fixed_weights": None,
         "reset_on_resume": False,
@@ -361,6 +363,7 @@ class Trainer:
             ema=float(agg["ema"]),
             fixed_weights=agg.get("fixed_weights"),
         )
+        self.fusion_loss_weights = losses.FusionLossWeights(**(config.get("fusion_loss") or {}))
         self.data = build_data(config, REPO_ROOT)
         self.step = 0
         self.best_metric = -math.inf
@@ -379,7 +382,9 @@ class Trainer:
 
     # -------------------------------------------------------------- losses
     def _fusion_loss(self, fused: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        result = losses.fusion_loss(fused, batch["ir"], batch["visible_ycrcb"][:, :1])
+        result = losses.fusion_loss(
+            fused, batch["ir"], batch["visible_ycrcb"][:, :1], self.fusion_loss_weights
+        )
         return _loss_value(result), _parts(result)
 
     def _task_loss(self, k: str, fused: torch.Tensor, batch: dict[str, Any], *, lower: bool):
