@@ -261,18 +261,13 @@ def _build_tensorrt(args: argparse.Namespace, onnx_path: Path) -> Path:
         sys.exit("--tensorrt: the tensorrt module is not importable here (it needs an NVIDIA "
                  "GPU and TensorRT 10); build the engine on the target, the node does it on "
                  "first start.")
-    from ros2_bilevel_fusion.backends.tensorrt_backend import build_engine
+    from ros2_bilevel_fusion.backends.tensorrt_backend import build_engine, make_int8_calibrator
 
     calibrator = None
     if args.int8:
         if not args.calib:
             sys.exit("--int8 needs --calib DIR (folder of calibration image pairs)")
-        from ros2_bilevel_fusion.backends import tensorrt_backend
-
-        make_calibrator = getattr(tensorrt_backend, "make_int8_calibrator", None)
-        if make_calibrator is None:
-            sys.exit("--int8: tensorrt_backend provides no make_int8_calibrator(calib_dir)")
-        calibrator = make_calibrator(Path(args.calib))
+        calibrator = make_int8_calibrator(Path(args.calib))
     engine = build_engine(
         onnx_path,
         fp16=args.fp16,
