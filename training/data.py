@@ -276,11 +276,8 @@ def random_scale_crop_flip(
     areas_before = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
     crop_h, crop_w = crop_hw
-    # offset of the crop window in the scaled image; negative = padding before the image
-    off_y = int(rng.integers(0, new_h - crop_h + 1)) if new_h >= crop_h else -int(
-        rng.integers(0, crop_h - new_h + 1))
-    off_x = int(rng.integers(0, new_w - crop_w + 1)) if new_w >= crop_w else -int(
-        rng.integers(0, crop_w - new_w + 1))
+    off_y = _random_offset(rng, new_h, crop_h)
+    off_x = _random_offset(rng, new_w, crop_w)
     ir = _crop_pad(ir, off_y, off_x, crop_h, crop_w, 0.0)
     visible = _crop_pad(visible, off_y, off_x, crop_h, crop_w, _YCRCB_PAD)
     mask = _crop_pad(mask, off_y, off_x, crop_h, crop_w, IGNORE_INDEX)
@@ -302,6 +299,13 @@ def random_scale_crop_flip(
         np.ascontiguousarray(ir), np.ascontiguousarray(visible), boxes.astype(np.float32),
         labels, np.ascontiguousarray(mask).astype(np.int64),
     )
+
+
+def _random_offset(rng: np.random.Generator, size: int, crop: int) -> int:
+    """Start of a random crop window; negative when the image is smaller (padding before it)."""
+    if size >= crop:
+        return int(rng.integers(0, size - crop + 1))
+    return -int(rng.integers(0, crop - size + 1))
 
 
 def _crop_pad(
