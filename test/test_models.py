@@ -85,6 +85,34 @@ def test_fusion_output_shape_and_range(name: str, hw: tuple[int, int]) -> None:
     assert fused.min() >= 0.0 and fused.max() <= 1.0
 
 
+def conv_macs_per_pixel(module: torch.nn.Module, hw: tuple[int, int] = (96, 128)) -> float:
+    """Multiply-accumulates of every Conv2d per input pixel (a speed proxy without timing)."""
+    total = 0
+
+    def count(conv: torch.nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        kernel = conv.kernel_size[0] * conv.kernel_size[1]
+        total += output.numel() * (conv.in_channels // conv.groups) * kernel
+
+    handles = [m.register_forward_hook(count) for m in module.modules()
+               if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        module(torch.rand(1, 1, *hw), torch.rand(1, 1, *hw))
+    for handle in handles:
+        handle.remove()
+    return total / (hw[0] * hw[1])
+
+
+def test_realtime_fusion_is_hundreds_of_times_cheaper_than_paper() -> None:
+    # bench/bench_realtime_fusion.py measures the speed; this guards the budget in CI:
+    # paper ~417k MAC per pixel, realtime ~0.7k (0.2 GMAC at 640x480)
+    paper = conv_macs_per_pixel(build_fusion("paper"))
+    realtime = conv_macs_per_pixel(build_fusion("realtime"))
+    assert paper == pytest.approx(417_600, rel=0.01)
+    assert realtime < 1_000
+    assert paper / realtime > 300
+
+
 def test_realtime_fusion_starts_as_a_weighted_average() -> None:
     # detail conv is zero-initialised: each output pixel lies between its IR and Y values
     fusion = build_fusion("realtime").eval()
