@@ -196,3 +196,22 @@ def test_aggregator_state_round_trip_gives_identical_weights() -> None:
     b.load_state_dict(a.state_dict())
     nxt = {"d": 0.6, "s": 1.97}
     assert a.weights(nxt) == b.weights(nxt)
+
+
+def test_correction_cap_bounds_the_implicit_term() -> None:
+    g_theta_upper = [torch.tensor([1.0, 0.0])]
+    g_theta_lower = [torch.tensor([0.0, 1.0])]
+    # tiny lower-level gradient: coefficient <g_w f, g_w F> / |g_w f|^2 = 1e-3 / 1e-6 = 1000
+    g_w_upper, g_w_lower = [torch.tensor([1.0])], [torch.tensor([1e-3])]
+    free = first_order_hypergradient(g_theta_upper, g_w_upper, g_theta_lower, g_w_lower)[0]
+    assert free[1] == pytest.approx(-1000.0, rel=1e-5)
+    capped = first_order_hypergradient(
+        g_theta_upper, g_w_upper, g_theta_lower, g_w_lower, max_correction_ratio=0.5
+    )[0]
+    assert capped[0] == pytest.approx(1.0) and capped[1] == pytest.approx(-0.5)
+    # below the cap nothing changes
+    small = first_order_hypergradient(
+        g_theta_upper, [torch.tensor([1e-4])], g_theta_lower, [torch.tensor([1.0])],
+        max_correction_ratio=0.5,
+    )[0]
+    assert small[1] == pytest.approx(-1e-4)

@@ -75,6 +75,7 @@ def first_order_hypergradient(
     grad_theta_f: Sequence[torch.Tensor | None],
     grad_w_f: Sequence[torch.Tensor | None],
     eps: float = 1e-12,
+    max_correction_ratio: float | None = None,
 ) -> Grads:
     """``g = grad_theta F - (<grad_w f, grad_w F> / |grad_w f|^2) grad_theta f``.
 
@@ -83,12 +84,23 @@ def first_order_hypergradient(
     not reach) counts as zero. ``eps`` guards the division when the lower level is at a
     stationary point (``grad_w f = 0``): the implicit term then vanishes, which is the limit of
     the rank-one inverse as its range shrinks.
+
+    ``max_correction_ratio`` (trust region): near lower-level stationarity |grad_w f| is small
+    while grad_theta f is not, and the coefficient <grad_w f, grad_w F> / |grad_w f|^2 grows
+    without bound (measured in training: implicit terms 100-1000x |grad_theta F| for the WGAN
+    critic, which drove the fusion net to collapse). If given, the implicit term is scaled down
+    so that its norm is at most ``max_correction_ratio * |grad_theta F|``.
     """
     inner = _flat_dot(grad_w_f, grad_w_F)
     denom = _flat_dot(grad_w_f, grad_w_f)
     coeff = float(inner / (denom + eps)) if float(denom) > 0.0 else 0.0
     if not math.isfinite(coeff):
         coeff = 0.0
+    if max_correction_ratio is not None and coeff != 0.0:
+        correction_norm = abs(coeff) * grad_norm(grad_theta_f)
+        limit = max_correction_ratio * grad_norm(grad_theta_F)
+        if correction_norm > limit:
+            coeff *= limit / correction_norm
     out: Grads = []
     for upper_grad, lower_grad in zip(grad_theta_F, grad_theta_f, strict=True):
         if upper_grad is None and lower_grad is None:

@@ -84,6 +84,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lambdas": {"discriminator": 0.05, "detector": 0.1, "segmenter": 0.1},
     "lr": {"fusion": 1e-3, "discriminator": 1e-4, "detector": 1e-3, "segmenter": 1e-3},
     "grad_clip": 1.0,
+    # Trust region of the hypergradient's implicit term (bilevel.first_order_hypergradient);
+    # null = no cap. Without it the critic's term reached 1000x |grad_theta F| and the fused
+    # image collapsed (runs/default phase 2, steps 800-1200).
+    "max_correction_ratio": 1.0,
     # losses.FusionLossWeights fields; empty = that module's defaults.
     "fusion_loss": {},
     "aggregation": {
@@ -363,6 +367,8 @@ class Trainer:
             ema=float(agg["ema"]),
             fixed_weights=agg.get("fixed_weights"),
         )
+        ratio = config.get("max_correction_ratio")
+        self.max_correction_ratio = None if ratio is None else float(ratio)
         self.fusion_loss_weights = losses.FusionLossWeights(**(config.get("fusion_loss") or {}))
         self.data = build_data(config, REPO_ROOT)
         self.step = 0
@@ -510,7 +516,8 @@ class Trainer:
             g_theta_upper = _fill(grads[: len(theta)], theta)
             g_w_upper = _fill(grads[len(theta) :], w)
             hypergrads[k] = first_order_hypergradient(
-                g_theta_upper, g_w_upper, grads_theta_f[k], grads_w_f[k]
+                g_theta_upper, g_w_upper, grads_theta_f[k], grads_w_f[k],
+                max_correction_ratio=self.max_correction_ratio,
             )
             # DWA signal: the task loss l_k (detector, segmenter); for the discriminator F_D,
             # because the WGAN term l_D alone is sign-indefinite. (F_k for all modules was
