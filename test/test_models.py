@@ -124,6 +124,17 @@ def test_realtime_fusion_starts_as_a_weighted_average() -> None:
     assert (fused <= torch.maximum(ir, vis_y) + 1e-6).all()
 
 
+def test_realtime_eval_path_equals_training_path() -> None:
+    torch.manual_seed(0)
+    fusion = build_fusion("realtime")
+    torch.nn.init.normal_(fusion.detail_out.weight, std=0.1)  # make the detail path matter
+    with torch.no_grad():
+        fusion.detail_in[1].weight.fill_(0.1)
+        ir, vis_y = torch.rand(1, 1, 40, 56), torch.rand(1, 1, 40, 56)
+        train_output = fusion.train()(ir, vis_y)
+        torch.testing.assert_close(fusion.eval()(ir, vis_y), train_output)
+
+
 def test_unknown_fusion_name_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown fusion"):
         build_fusion("huge")
