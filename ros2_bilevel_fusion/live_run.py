@@ -327,6 +327,15 @@ def run_bag_through_node(
                     and time.monotonic() - quiet_since >= 1.0):
                 break
             time.sleep(0.1)
+        # The node publishes /diagnostics on a timer; a snapshot taken before the last pairs
+        # were handled under-counts their drops. Wait for one published after the quiet period.
+        quiet_end_ns = time.time_ns()
+        diagnostics_deadline = min(deadline, time.monotonic() + 5.0)
+        while time.monotonic() < diagnostics_deadline and node_process.poll() is None:
+            diagnostics = recorder.snapshot()[topics["diagnostics"]]
+            if diagnostics and diagnostics[-1].receive_ns > quiet_end_ns:
+                break
+            time.sleep(0.1)
     finally:
         if replay_process is not None:
             _stop_process(replay_process, "replay")
