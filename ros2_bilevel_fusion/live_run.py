@@ -234,7 +234,8 @@ def run_bag_through_node(
     bag = Path(bag).resolve()
     if not (bag / "metadata.yaml").is_file():
         raise LiveRunError(f"{bag} is not a rosbag2 folder")
-    work_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="live_run_"))
+    work_dir = (Path(out_dir) if out_dir is not None
+                else Path(tempfile.mkdtemp(prefix="live_run_"))).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     ros_home = Path(tempfile.mkdtemp(prefix="ros_home_live_"))
     domain = pick_domain_id() if domain_id is None else domain_id

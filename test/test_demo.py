@@ -25,9 +25,13 @@ def demo_bundle(fixture_bundle: Path) -> Path:
 @pytest.fixture(scope="module")
 def demo_run(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    # About 3 s of input (5 passes of the 6-pair sample) keeps the suite fast.
-    code = demo.main(["--out", str(out), "--bundle", str(demo_bundle), "--duration", "3",
-                      "--timeout", "150"])
+    # A relative --out, as `make demo` passes it: the node runs in another working directory,
+    # so every path handed to it must be absolute (this once broke the demo on a fresh clone).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(out.parent)
+        # About 3 s of input (5 passes of the 6-pair sample) keeps the suite fast.
+        code = demo.main(["--out", out.name, "--bundle", str(demo_bundle), "--duration", "3",
+                          "--timeout", "150"])
     assert code == 0, (out / "node.log").read_text() if (out / "node.log").exists() else ""
     return out
 
