@@ -812,6 +812,8 @@ def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingD
             labels_dir=dcfg["msrs_labels"],
             masks_dir="masks",
             mask_map=pair_data.MSRS_MASK_MAP,
+            # Person-only masks: pixels of unlabelled classes (bicycle, car) are unknown.
+            mask_unlabelled_box_classes=(1, 2),
             crop=crop,
             train=True,
         )
@@ -833,6 +835,7 @@ def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingD
             labels_dir=dcfg["msrs_labels"],
             masks_dir="masks",
             mask_map=pair_data.MSRS_MASK_MAP,
+            mask_unlabelled_box_classes=(1, 2),
             crop=crop,
             train=False,
         )
