@@ -460,7 +460,18 @@ class FusionNode(Node):
         def callback(msg: Image) -> None:
             # No decoding here: the executor thread only pairs and hands over.
             self._seen(stream)
-            for pair in self._pairer.add(stream, stamp_to_ns(msg.header.stamp), msg):
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+            if stamp_ns == 0:
+                # A driver that never stamps its images cannot be paired by time; queued, it
+                # would pair once and then be dropped as a duplicate stamp with no clear reason.
+                name = STREAM_NAMES[stream]
+                self._count_error(
+                    f"zero_stamp_{name}",
+                    f"{name} image dropped: header stamp is 0, so it cannot be paired by time; "
+                    "make the camera driver stamp its images",
+                )
+                return
+            for pair in self._pairer.add(stream, stamp_ns, msg):
                 self._hand_over(pair)
 
         return callback

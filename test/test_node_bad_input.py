@@ -26,6 +26,7 @@ from test_node_integration import (  # noqa: E402
     synthetic_ir,
 )
 
+from ros2_bilevel_fusion.node import message_filters  # noqa: E402
 from ros2_bilevel_fusion.parameters import (  # noqa: E402
     PARAMETERS,
     FusionParameters,
@@ -153,6 +154,11 @@ def test_bad_images_are_counted_and_good_ones_still_served(fixture_node) -> None
     ir_msg, visible_msg = make_pair(index, base_ns)
     visible_msg.width = visible_msg.width + 10
     send(ir_msg, visible_msg, good=False)
+    # A driver that never sets its header stamps (in-package pairing path).
+    ir_msg, visible_msg = make_pair(index, base_ns)
+    ir_msg.header.stamp.sec = ir_msg.header.stamp.nanosec = 0
+    visible_msg.header.stamp.sec = visible_msg.header.stamp.nanosec = 0
+    send(ir_msg, visible_msg, good=False)
     # Thermal cameras: 16UC1 counts and 32FC1 kelvin with a NaN pixel, through gain control.
     thermal16 = 3000 + synthetic_ir(index).astype(np.uint16) * 4
     send(*make_pair(index, base_ns, ir=thermal16, ir_encoding="16UC1"), good=True)
@@ -185,6 +191,7 @@ def test_bad_images_are_counted_and_good_ones_still_served(fixture_node) -> None
             _drops(status, "decode_error_ir") >= 2
             and _drops(status, "size_mismatch_visible") >= 2
             and _drops(status, "decode_error_visible") >= 1
+            and (message_filters is not None or _drops(status, "zero_stamp_visible") >= 1)
             and int(status.get("processed", 0)) >= len(fused_stamps)
         )
 
