@@ -804,19 +804,23 @@ def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingD
             part = pair_data.PairFolder(folder, crop=crop, train=True)
         counts[f"fusion/{name}"] = len(part)
         fusion_parts.append(part)
-    labelled_parts: list[torch.utils.data.Dataset] = []
-    if msrs.is_dir() and msrs_train:
-        part = pair_data.PairFolder(
+
+    def labelled_msrs(names: list[str], *, train: bool) -> pair_data.PairFolder:
+        return pair_data.PairFolder(
             msrs,
-            names=msrs_train,
+            names=names,
             labels_dir=dcfg["msrs_labels"],
             masks_dir="masks",
             mask_map=pair_data.MSRS_MASK_MAP,
             # Person-only masks: pixels of unlabelled classes (bicycle, car) are unknown.
             mask_unlabelled_box_classes=(1, 2),
             crop=crop,
-            train=True,
+            train=train,
         )
+
+    labelled_parts: list[torch.utils.data.Dataset] = []
+    if msrs.is_dir() and msrs_train:
+        part = labelled_msrs(msrs_train, train=True)
         labelled_parts.append(part)
         counts["labelled/msrs"] = len(part)
     n_synthetic = int(dcfg.get("synthetic_train") or 0)
@@ -829,16 +833,7 @@ def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingD
         raise ValueError("need at least one fusion set and one labelled set")
     msrs_eval = None
     if msrs.is_dir() and eval_names:
-        msrs_eval = pair_data.PairFolder(
-            msrs,
-            names=eval_names,
-            labels_dir=dcfg["msrs_labels"],
-            masks_dir="masks",
-            mask_map=pair_data.MSRS_MASK_MAP,
-            mask_unlabelled_box_classes=(1, 2),
-            crop=crop,
-            train=False,
-        )
+        msrs_eval = labelled_msrs(eval_names, train=False)
     n_synthetic_eval = int(dcfg.get("synthetic_eval") or 0)
     synthetic_eval = (
         SyntheticPairs(n_synthetic_eval, (crop, crop), seed=int(dcfg["synthetic_seed_eval"]))
