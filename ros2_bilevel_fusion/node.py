@@ -51,6 +51,8 @@ from rclpy.qos import (
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from ros2_bilevel_fusion.backends import create_backend
+from ros2_bilevel_fusion.bundle import load_bundle
 from ros2_bilevel_fusion.codec import (
     AutoGain,
     GainControl,
@@ -84,6 +86,14 @@ from ros2_bilevel_fusion.parameters import (
     repair_parameters,
     validate,
 )
+from ros2_bilevel_fusion.pipeline import (
+    FusionPipeline,
+    PostprocessConfig,
+    render_debug,
+    render_segmentation_color,
+)
+from ros2_bilevel_fusion.registration import Registration
+from ros2_bilevel_fusion.resources import default_bundle_path
 
 try:  # Not on PyPI: present only in a full ROS 2 install.
     import message_filters
@@ -109,15 +119,6 @@ class LoadedModel:
     backend: Any
     pipeline: Any
     path: Path
-
-
-def default_bundle_path() -> Path:
-    """The shipped default bundle (resources.py when packaged, else <repo>/models/default)."""
-    try:
-        from ros2_bilevel_fusion.resources import default_bundle_path as packaged
-    except ImportError:
-        return Path(__file__).resolve().parents[1] / "models" / "default"
-    return Path(packaged())
 
 
 def qos_for(name: str, depth: int) -> QoSProfile:
@@ -326,8 +327,6 @@ class FusionNode(Node):
         model = self._model
         if model is not None:
             if "homography" in names:
-                from ros2_bilevel_fusion.registration import Registration
-
                 model.pipeline.registration = Registration(self.params.homography)
             model.pipeline.config = self._postprocess_config(model.bundle)
 
@@ -345,8 +344,6 @@ class FusionNode(Node):
         return gain(), gain()
 
     def _postprocess_config(self, bundle: Any) -> Any:
-        from ros2_bilevel_fusion.pipeline import PostprocessConfig
-
         config = PostprocessConfig.from_bundle(bundle)
         p = self.params
         changes: dict[str, Any] = {
@@ -364,11 +361,6 @@ class FusionNode(Node):
     # ---------------------------------------------------------------- model
     def _load_model(self) -> None:
         """Load bundle + backend + pipeline; on failure keep running without a model."""
-        from ros2_bilevel_fusion.backends import create_backend
-        from ros2_bilevel_fusion.bundle import load_bundle
-        from ros2_bilevel_fusion.pipeline import FusionPipeline
-        from ros2_bilevel_fusion.registration import Registration
-
         p = self.params
         path = Path(p.bundle_path) if p.bundle_path else default_bundle_path()
         try:
@@ -573,15 +565,11 @@ class FusionNode(Node):
             if self._pub_det is not None:
                 self._pub_det.publish(detections_to_vision_msgs(result.detections, classes, header))
         if p.publish_segmentation and result.seg_labels is not None and bundle.segmentation:
-            from ros2_bilevel_fusion.pipeline import render_segmentation_color
-
             self._pub_seg.publish(array_to_msg(result.seg_labels, "mono8", header))
             if self._pub_seg_color.get_subscription_count() > 0:
                 colour = render_segmentation_color(result, bundle.segmentation.palette)
                 self._pub_seg_color.publish(array_to_msg(colour, "bgr8", header))
         if p.publish_debug and self._pub_debug.get_subscription_count() > 0:
-            from ros2_bilevel_fusion.pipeline import render_debug
-
             self._pub_debug.publish(
                 array_to_msg(render_debug(result, bundle, config), "bgr8", header)
             )
