@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ros2_bilevel_fusion.codec import msg_to_array
+
 LOG = logging.getLogger("fusion-recorder")
 
 NODE_NAME = "fusion_node"
@@ -91,10 +93,6 @@ def _stamp_ns(msg: Any) -> int:
 
 
 def _decode_image(msg: Any) -> Any:
-    try:
-        from ros2_bilevel_fusion.codec import msg_to_array
-    except ImportError:
-        from ros2_bilevel_fusion.bagio import image_msg_to_array as msg_to_array
     return msg_to_array(msg).copy()  # the message buffer is reused after the callback
 
 
