@@ -16,6 +16,7 @@ from training.losses import (
     detection_loss,
     fusion_loss,
     fusion_target,
+    gaussian_blur,
     gradient_penalty,
     segmentation_loss,
     sobel_magnitude,
@@ -55,6 +56,35 @@ def test_fusion_loss_prefers_the_target_over_either_source(synthetic_batch: dict
     assert loss_target < loss_ir and loss_target < loss_vis
     no_gradient = fusion_loss(ir, ir, vis_y, FusionLossWeights(gradient=0.0, ssim=0.0))[0]
     assert no_gradient.item() == pytest.approx(torch.nn.functional.l1_loss(ir, target).item())
+
+
+def test_enhanced_target_is_sharper_and_higher_in_contrast_than_the_plain_max(
+    synthetic_batch: dict,
+) -> None:
+    ir = synthetic_batch["ir"]
+    vis_y = synthetic_batch["visible_ycrcb"][:, :1]
+    plain = fusion_target(ir, vis_y)
+    assert torch.equal(plain, torch.maximum(ir, vis_y))
+    assert torch.equal(fusion_target(ir, vis_y, FusionLossWeights()), plain)
+    sharper = fusion_target(ir, vis_y, FusionLossWeights(detail_gain=0.5))
+    assert sobel_magnitude(sharper).mean() > 1.1 * sobel_magnitude(plain).mean()
+    stretched = fusion_target(ir, vis_y, FusionLossWeights(contrast=1.2))
+    assert (stretched.std(dim=(-2, -1)) > plain.std(dim=(-2, -1))).all()
+    assert stretched.min() >= 0.0 and stretched.max() <= 1.0
+    # The plain max is the zero-loss image only for the plain target.
+    assert fusion_loss(plain, ir, vis_y)[1]["intensity"].item() == 0.0
+    enhanced = FusionLossWeights(detail_gain=0.3, contrast=1.2)
+    assert fusion_loss(plain, ir, vis_y, enhanced)[1]["intensity"].item() > 0.0
+
+
+def test_gaussian_blur_keeps_flat_images_and_the_mean() -> None:
+    flat = torch.full((1, 1, 20, 24), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat, atol=1e-6)
+    impulse = torch.zeros(1, 1, 31, 31)
+    impulse[..., 15, 15] = 1.0
+    blurred = gaussian_blur(impulse, 1.5)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert blurred[..., 15, 15].item() == pytest.approx(1 / (2 * torch.pi * 1.5**2), rel=0.05)
 
 
 @pytest.mark.parametrize("name", ["realtime", "paper"])

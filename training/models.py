@@ -121,14 +121,16 @@ class SeparableResidual(nn.Module):
 class RealtimeFusion(nn.Module):
     """Per-pixel fusion weights from context plus a full-resolution detail term.
 
-        fused = clamp(w * IR + (1 - w) * Y + detail, 0, 1)
+        fused = clamp(w * IR + (1 - w) * Y + detail, 0, 1),  w = sigmoid(coarse + fine)
 
     * context path at 1/4 resolution (two stride-2 convs, three depthwise-separable residual
       blocks with dilations 1, 2, 4: a 63x63 input-pixel receptive field): predicts the
       weight logits and a small feature map, bilinearly upsampled. Which modality is salient
       varies smoothly across a scene, so its weights can be computed coarsely.
     * detail path at full resolution with 8 channels only: edges and texture that the smooth
-      weights blur (it sees IR, Y and the upsampled context features).
+      weights blur (it sees IR, Y and the upsampled context features), and a full-resolution
+      correction ``fine`` of the weight logit, so the choice between IR and Y can switch at an
+      edge rather than over a 4-pixel ramp (the coarse-only weights cost SF and Qabf).
 
     The convex combination starts every pixel inside [0, 1], so the clamp rarely saturates and
     gradients flow; the detail conv is initialised to zero so training starts from a pure
@@ -151,7 +153,8 @@ class RealtimeFusion(nn.Module):
         # 1 weight logit + detail_channels features for the full-res path.
         self.to_weight_and_features = nn.Conv2d(context_channels, 1 + detail_channels, 1)
         self.detail_in = nn.Sequential(nn.Conv2d(2, detail_channels, 3, padding=1), nn.PReLU())
-        self.detail_out = nn.Conv2d(2 * detail_channels, 1, 3, padding=1)
+        # Two outputs: the additive detail and the full-resolution weight-logit correction.
+        self.detail_out = nn.Conv2d(2 * detail_channels, 2, 3, padding=1)
         nn.init.zeros_(self.detail_out.weight)
         nn.init.zeros_(self.detail_out.bias)
 
@@ -168,9 +171,11 @@ class RealtimeFusion(nn.Module):
         x = torch.cat((ir, vis_y), dim=1)
         context = self.to_weight_and_features(self.context(self.down(x)))
         context = F.interpolate(context, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        weight = torch.sigmoid(context[:, :1])
-        detail = self.detail_out(torch.cat((self._detail_features(x), context[:, 1:]), dim=1))
-        fused = weight * ir + (1.0 - weight) * vis_y + detail
+        detail_and_fine = self.detail_out(
+            torch.cat((self._detail_features(x), context[:, 1:]), dim=1)
+        )
+        weight = torch.sigmoid(context[:, :1] + detail_and_fine[:, 1:])
+        fused = weight * ir + (1.0 - weight) * vis_y + detail_and_fine[:, :1]
         return fused.clamp(0.0, 1.0)
 
 
