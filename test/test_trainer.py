@@ -192,3 +192,57 @@ def test_fusion_loss_weights_come_from_the_config(tmp_path: Path) -> None:
     assert row["fusion/fusion"] == pytest.approx(
         parts["intensity"] + 20.0 * parts["gradient"] + 0.5 * parts["ssim"], rel=1e-5
     )
+
+
+def test_labelled_pool_repeat_crop_and_defaults(tmp_path: Path) -> None:
+    from training.trainer import build_data
+
+    default = build_data(_tiny_config(tmp_path))
+    counts = default.provenance["counts"]
+    assert counts["labelled/msrs"] == len(default.provenance["msrs_train_names"])
+    assert default.pools["labelled"][0]["ir"].shape[-2:] == (64, 64)  # labelled_crop = crop
+
+    data = build_data(_tiny_config(
+        tmp_path, "data.msrs_repeat=3", "data.labelled_crop=96",
+        "data.labelled_scale_range=[0.5,1.0]",
+    ))
+    n_msrs = len(data.provenance["msrs_train_names"])
+    assert data.provenance["counts"]["labelled/msrs"] == 3 * n_msrs
+    assert len(data.pools["labelled"]) == 3 * n_msrs + 4  # + data.synthetic_train scenes
+    first, repeated = data.pools["labelled"][0], data.pools["labelled"][n_msrs]
+    assert first["name"] == repeated["name"]  # the same pair, listed again
+    assert first["ir"].shape[-2:] == (96, 96)
+    assert data.pools["labelled"][len(data.pools["labelled"]) - 1]["ir"].shape[-2:] == (96, 96)
+    assert data.pools["fusion"][0]["ir"].shape[-2:] == (64, 64)  # fusion pool keeps crop
+    with pytest.raises(ValueError):
+        build_data(_tiny_config(tmp_path, "data.labelled_crop=100"))
+    with pytest.raises(ValueError):
+        build_data(_tiny_config(tmp_path, "data.msrs_repeat=-1"))
+
+
+def test_second_stage_starts_from_weights_and_keeps_a_frozen_fusion_net(tmp_path: Path) -> None:
+    """init_from + fusion_only with lr.fusion 0, as configs/default_semantic.yaml."""
+    first = Trainer(_tiny_config(tmp_path / "stage1", "steps=2"), quiet=True)
+    first.train()
+    stage1 = tmp_path / "stage1.pt"
+    first.save_checkpoint(stage1)
+    second = Trainer(
+        _tiny_config(
+            tmp_path / "stage2", "steps=2", "mode=fusion_only", "lr.fusion=0.0",
+            f"init_from={stage1}", "modules.discriminator=false", "modules.segmenter=false",
+        ),
+        quiet=True,
+    )
+    assert second.step == 0 and second.fusion_frozen
+    detector_before = [p.detach().clone() for p in second.nets["detector"].parameters()]
+    for p, q in zip(first.nets["detector"].parameters(), detector_before, strict=True):
+        assert torch.equal(p, q)  # the stage-1 detector is the starting point
+    history = second.train()
+    assert [row["mode/bilevel"] for row in history] == [0.0, 0.0]
+    assert "lower/detector" in history[-1] and "fusion/fusion" not in history[-1]
+    for p, q in zip(first.fusion.parameters(), second.fusion.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(detector_before, second.nets["detector"].parameters(), strict=True)
+    )

@@ -90,6 +90,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_correction_ratio": 1.0,
     # losses.FusionLossWeights fields; empty = that module's defaults.
     "fusion_loss": {},
+    # Checkpoint whose network weights (fusion and every module it has that this run trains)
+    # start this run; step, optimisers and aggregator start afresh. For a second stage, e.g.
+    # semantic heads fine-tuned on a frozen bi-level fusion net (configs/default_semantic.yaml).
+    # Unlike --resume, which continues the same run exactly.
+    "init_from": None,
     "aggregation": {
         "kind": "loss_rate", "temperature": 0.05, "ema": 0.95, "fixed_weights": None,
         "reset_on_resume": False,
@@ -105,6 +110,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "synthetic_eval": 16,
         "synthetic_seed_train": 1,
         "synthetic_seed_eval": 2,
+        # Labelled pool mix and crop. MSRS-train is 20 pairs against hundreds of synthetic
+        # scenes, so without repeats ~7 % of detector samples are real and the detector fits
+        # the synthetic domain only (held-out MSRS mAP@0.5 ~0.02). msrs_repeat lists MSRS-train
+        # that many times in the labelled pool (the per-epoch permutations then draw it that
+        # much more often). labelled_crop (null = crop) is the labelled pool's crop: MSRS
+        # persons are up to ~300 px tall at 640x480 and are evaluated at full size, so 128 px
+        # crops only ever show fragments of them. labelled_scale_range (null = 0.75-1.25) is
+        # the random rescale of the labelled MSRS pairs.
+        "msrs_repeat": 1,
+        "labelled_crop": None,
+        "labelled_scale_range": None,
     },
     "eval": {
         "every": 50,
@@ -375,8 +391,15 @@ class Trainer:
         self.best_metric = -math.inf
         self.history: list[dict[str, float]] = []
         self.writer = None
+        if config.get("init_from") and resume is None:
+            self.load_weights(REPO_ROOT / str(config["init_from"]))
         if resume is not None:
             self.load_checkpoint(resume)
+
+    @property
+    def fusion_frozen(self) -> bool:
+        """fusion_only with lr.fusion 0: the fusion net is a fixed input stage."""
+        return self.mode == "fusion_only" and float(self.config["lr"]["fusion"]) == 0.0
 
     # -------------------------------------------------------------- batches
     def _batch(self, pool: str, stream: int) -> dict[str, Any]:
@@ -398,7 +421,9 @@ class Trainer:
         if k == "discriminator":
             critic = self.nets[k]
             if lower:
-                real = losses.fusion_target(batch["ir"], batch["visible_ycrcb"][:, :1]).detach()
+                real = losses.fusion_target(
+                    batch["ir"], batch["visible_ycrcb"][:, :1], self.fusion_loss_weights
+                ).detach()
                 # losses.critic_loss detaches the fake image (right for a plain critic update,
                 # but then grad_theta f_D = 0 and the implicit term vanishes). The bi-level
                 # f_D(theta, w) keeps the fake attached: same value, gradient to theta too.
@@ -436,6 +461,16 @@ class Trainer:
         self.fusion.train()
         for net in self.nets.values():
             net.train()
+        if self.fusion_frozen:
+            # Only the modules learn: no fusion loss and no upper-level or fusion-pool batches,
+            # which at a 256 px labelled crop were most of a step's time.
+            self.fusion.eval()
+            batches = {("labelled", "lower"): self._batch("labelled", 1)}
+            _, _, scalars = self._lower_level(batches, detach_fused=True)
+            scalars["time/step_s"] = time.perf_counter() - start
+            scalars["mode/bilevel"] = 0.0
+            self.step += 1
+            return scalars
         batches = {
             ("fusion", "lower"): self._batch("fusion", 0),
             ("labelled", "lower"): self._batch("labelled", 1),
@@ -657,6 +692,18 @@ class Trainer:
         torch.save(state, tmp)
         tmp.replace(path)  # atomic: a crash never leaves a half-written last.pt
 
+    def load_weights(self, path: str | Path) -> None:
+        """Network weights of a checkpoint (see config ``init_from``); nothing else."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["architecture"]["fusion"] != self.config["fusion"]:
+            raise ValueError(
+                f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
+            )
+        self.fusion.load_state_dict(state["fusion"])
+        for k, net in self.nets.items():
+            if state.get(k) is not None:
+                net.load_state_dict(state[k])
+
     def load_checkpoint(self, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["architecture"]["fusion"] != self.config["fusion"]:
@@ -805,6 +852,17 @@ def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingD
         counts[f"fusion/{name}"] = len(part)
         fusion_parts.append(part)
 
+    labelled_crop = int(dcfg.get("labelled_crop") or crop)
+    scale_cfg = dcfg.get("labelled_scale_range")
+    labelled_scale_range = (
+        (float(scale_cfg[0]), float(scale_cfg[1])) if scale_cfg else (0.75, 1.25)
+    )
+    if labelled_crop % 32:
+        raise ValueError("data.labelled_crop must be a multiple of 32 (the detector's stride)")
+    msrs_repeat = int(dcfg.get("msrs_repeat") or 1)
+    if msrs_repeat < 1:
+        raise ValueError("data.msrs_repeat must be >= 1")
+
     def labelled_msrs(names: list[str], *, train: bool) -> pair_data.PairFolder:
         return pair_data.PairFolder(
             msrs,
@@ -814,19 +872,24 @@ def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingD
             mask_map=pair_data.MSRS_MASK_MAP,
             # Person-only masks: pixels of unlabelled classes (bicycle, car) are unknown.
             mask_unlabelled_box_classes=(1, 2),
-            crop=crop,
+            crop=labelled_crop,
             train=train,
+            scale_range=labelled_scale_range,
         )
 
     labelled_parts: list[torch.utils.data.Dataset] = []
     if msrs.is_dir() and msrs_train:
         part = labelled_msrs(msrs_train, train=True)
-        labelled_parts.append(part)
-        counts["labelled/msrs"] = len(part)
+        # The same PairFolder repeated: each listing draws its own random crop per access.
+        labelled_parts.extend([part] * msrs_repeat)
+        counts["labelled/msrs"] = len(part) * msrs_repeat
     n_synthetic = int(dcfg.get("synthetic_train") or 0)
     if n_synthetic:
         labelled_parts.append(
-            SyntheticPairs(n_synthetic, (crop, crop), seed=int(dcfg["synthetic_seed_train"]))
+            SyntheticPairs(
+                n_synthetic, (labelled_crop, labelled_crop),
+                seed=int(dcfg["synthetic_seed_train"]),
+            )
         )
         counts["labelled/synthetic"] = n_synthetic
     if not fusion_parts or not labelled_parts:
