@@ -103,11 +103,12 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path: Path, capsys: pytest.Capture
     checkpoint = trainer_checkpoint(tmp_path / "ckpt.pt")
     out = tmp_path / "models" / "from_ckpt"
     assert export.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(out),
-                        "--check-parity"]) == 0
+                        "--check-parity", "--score-threshold", "0.45"]) == 0
     printed = capsys.readouterr().out
     assert "parity ORT vs torch" in printed
     bundle = load_bundle(out)
     assert bundle.name == "from_ckpt"
+    assert bundle.detection is not None and bundle.detection.score_threshold == 0.45
     assert bundle.provenance["step"] == 0 and bundle.provenance["metrics"] == {"note": "untrained"}
     # the checkpoint's weights, not fresh ones, are what was exported
     state = torch.load(out / "model.pt", weights_only=True)

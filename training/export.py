@@ -188,6 +188,7 @@ def export_bundle(
     opset: int = 17,
     sample_hw: tuple[int, int] = (256, 320),
     dynamic_batch: bool = False,
+    score_threshold: float = 0.3,
 ) -> Path:
     """Write model.onnx, model.pt (ExportModel state_dict) and model.yaml into out_dir.
 
@@ -210,7 +211,9 @@ def export_bundle(
     )
     full_provenance.setdefault("opset", opset)
     full_provenance.setdefault("torch_state_dict", "model.pt")
-    bundle = bundle_spec(model, onnx_path, name=name, provenance=full_provenance)
+    bundle = bundle_spec(
+        model, onnx_path, name=name, provenance=full_provenance, score_threshold=score_threshold
+    )
     save_bundle(bundle, out_dir)
     load_bundle(out_dir)  # fail here, not in the node, if the written bundle is invalid
     return out_dir
@@ -294,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--calib", default=None, help="calibration data folder for --int8")
     parser.add_argument("--timing-cache", default=None)
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.3,
+        help="the bundle's default detection score threshold (the node's score_threshold)",
+    )
     args = parser.parse_args(argv)
 
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -310,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             provenance[key] = checkpoint[key]
     export_bundle(
         model, out_dir, name=args.name or out_dir.name, provenance=provenance,
-        opset=args.opset, dynamic_batch=args.dynamic,
+        opset=args.opset, dynamic_batch=args.dynamic, score_threshold=args.score_threshold,
     )
     print(f"wrote bundle {out_dir} (model.yaml, model.onnx, model.pt)")
     if args.check_parity:
