@@ -165,7 +165,7 @@ class RealtimeFusion(nn.Module):
         # Inference: a one-slope PReLU is exactly leaky_relu with that slope, and ONNX Runtime
         # fuses LeakyRelu into the preceding Conv but not PRelu (measured: ~6% of the graph's
         # time at 640x480 on this CPU). The slope becomes a constant of the exported graph.
-        return F.leaky_relu(conv(x), float(prelu.weight))
+        return F.leaky_relu(conv(x), float(prelu.weight.detach()))
 
     def forward(self, ir: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
         x = torch.cat((ir, vis_y), dim=1)
