@@ -390,6 +390,8 @@ def run_folder(args: argparse.Namespace) -> int:
     pipeline = bundle = None
     if args.bundle:
         pipeline, bundle = build_pipeline(Path(args.bundle), args.backend, registration)
+        if args.score_threshold is not None:
+            pipeline.config.score_threshold = float(args.score_threshold)
     elif not args.baselines:
         raise EvaluationError("give --bundle, or --baselines for the baselines alone")
     result = evaluate_folder_pairs(
@@ -811,6 +813,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"]
     )
     folder.add_argument("--limit", type=int, default=None, help="first N pairs only")
+    folder.add_argument(
+        "--score-threshold", type=float, default=None,
+        help="detection score threshold instead of the bundle's (mAP ranks every detection, so "
+        "a low value such as 0.05 gives the usual mAP; the bundle's gives what the node shows)",
+    )
     folder.set_defaults(run=run_folder)
 
     bag = modes.add_parser("bag", help="replay a bag through the node and score its outputs")

@@ -301,3 +301,19 @@ def test_report_helpers() -> None:
     stats = report.percentiles([1.0, 2.0, 3.0, 4.0])
     assert stats["p50"] == 2.5 and stats["count"] == 4 and stats["max"] == 4.0
     assert math.isnan(report.percentiles([])["p50"])
+
+
+def test_folder_mode_score_threshold_overrides_the_bundle(fixture_bundle, shared_data, tmp_path):
+    msrs = shared_data / "msrs"
+    counts = {}
+    for threshold in ("0.0", "0.999"):
+        out = tmp_path / f"thr_{threshold}"
+        code = evaluate.main(
+            ["folder", "--bundle", str(fixture_bundle), "--ir", str(msrs / "ir"),
+             "--vi", str(msrs / "vi"), "--labels", str(msrs / "labels" / "fusion"),
+             "--limit", "2", "--score-threshold", threshold, "--out", str(out)]
+        )
+        assert code == 0
+        detection = json.loads((out / "summary.json").read_text())["detection"]
+        counts[threshold] = detection["num_predictions"]
+    assert counts["0.0"] > counts["0.999"]
