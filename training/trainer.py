@@ -692,8 +692,12 @@ class Trainer:
         torch.save(state, tmp)
         tmp.replace(path)  # atomic: a crash never leaves a half-written last.pt
 
-    def load_weights(self, path: str | Path) -> None:
-        """Network weights of a checkpoint (see config ``init_from``); nothing else."""
+    def _load_networks(self, path: str | Path, *, require_all: bool) -> dict[str, Any]:
+        """Load the fusion net and this run's modules from a checkpoint; returns its state.
+
+        ``require_all``: every module of this run must be in the checkpoint (exact resume);
+        otherwise a module the checkpoint lacks keeps its fresh initialisation.
+        """
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["architecture"]["fusion"] != self.config["fusion"]:
             raise ValueError(
@@ -703,18 +707,16 @@ class Trainer:
         for k, net in self.nets.items():
             if state.get(k) is not None:
                 net.load_state_dict(state[k])
+            elif require_all:
+                raise ValueError(f"checkpoint has no weights for {k}")
+        return state
+
+    def load_weights(self, path: str | Path) -> None:
+        """Network weights of a checkpoint (see config ``init_from``); nothing else."""
+        self._load_networks(path, require_all=False)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["architecture"]["fusion"] != self.config["fusion"]:
-            raise ValueError(
-                f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
-            )
-        self.fusion.load_state_dict(state["fusion"])
-        for k, net in self.nets.items():
-            if state.get(k) is None:
-                raise ValueError(f"checkpoint has no weights for {k}")
-            net.load_state_dict(state[k])
+        state = self._load_networks(path, require_all=True)
         for k, opt in self.optimizers.items():
             if k in state["optimizers"]:
                 opt.load_state_dict(state["optimizers"][k])
