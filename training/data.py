@@ -46,6 +46,8 @@ MSRS_HOLDOUT_NAMES: tuple[str, ...] = (
     "00001D", "00005N", "00006N", "00009N", "00020N", "00036N", "00055D", "00091D",
 )
 MSRS_MASK_MAP: dict[int, int] = {255: 1}  # binary person masks -> segmentation id of person
+# Random rescale of training crops (augmentation) unless a caller says otherwise.
+DEFAULT_SCALE_RANGE: tuple[float, float] = (0.75, 1.25)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +257,7 @@ def random_scale_crop_flip(
     mask: np.ndarray,
     rng: np.random.Generator,
     crop_hw: tuple[int, int],
-    scale_range: tuple[float, float] = (0.75, 1.25),
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
     flip_probability: float = 0.5,
     min_box_size: float = 4.0,
     min_box_visible: float = 0.3,
@@ -387,7 +389,7 @@ class PairFolder(Dataset):
         mask_map: Mapping[int, int] | None = None,
         crop: int | tuple[int, int] = 256,
         train: bool = True,
-        scale_range: tuple[float, float] = (0.75, 1.25),
+        scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
         seed: int = 0,
         yolo_class_map: Mapping[int, int] | None = None,
         voc_class_map: Mapping[str, int] | None = None,

@@ -24,7 +24,8 @@ from ros2_bilevel_fusion.metrics import fusion_metrics, list_images, mean_metric
 from training.evaluation import CDDFUSE_TNO
 from training.losses import FusionLossWeights, fusion_target
 
-PAPER_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+# The eight metrics fusion papers report: the keys of the published CDDFuse table.
+PAPER_METRICS: tuple[str, ...] = tuple(CDDFUSE_TNO)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -458,13 +458,12 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         seed_step(self.seed, self.step, self.info.rank)
         start = time.perf_counter()
-        self.fusion.train()
+        self.fusion.train(not self.fusion_frozen)
         for net in self.nets.values():
             net.train()
         if self.fusion_frozen:
             # Only the modules learn: no fusion loss and no upper-level or fusion-pool batches,
             # which at a 256 px labelled crop were most of a step's time.
-            self.fusion.eval()
             batches = {("labelled", "lower"): self._batch("labelled", 1)}
             _, _, scalars = self._lower_level(batches, detach_fused=True)
             scalars["time/step_s"] = time.perf_counter() - start
@@ -720,11 +719,9 @@ class Trainer:
         for k, opt in self.optimizers.items():
             if k in state["optimizers"]:
                 opt.load_state_dict(state["optimizers"][k])
-        if self.config["aggregation"].get("reset_on_resume"):
-            # Continuing with a changed aggregation signal or temperature: start its history
-            # afresh instead of mixing two definitions (breaks exactness on purpose).
-            pass
-        else:
+        # reset_on_resume: continuing with a changed aggregation signal or temperature starts
+        # its history afresh instead of mixing two definitions (breaks exactness on purpose).
+        if not self.config["aggregation"].get("reset_on_resume"):
             self.aggregator.load_state_dict(state["aggregator"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -857,7 +854,7 @@ def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingD
     labelled_crop = int(dcfg.get("labelled_crop") or crop)
     scale_cfg = dcfg.get("labelled_scale_range")
     labelled_scale_range = (
-        (float(scale_cfg[0]), float(scale_cfg[1])) if scale_cfg else (0.75, 1.25)
+        (float(scale_cfg[0]), float(scale_cfg[1])) if scale_cfg else pair_data.DEFAULT_SCALE_RANGE
     )
     if labelled_crop % 32:
         raise ValueError("data.labelled_crop must be a multiple of 32 (the detector's stride)")
