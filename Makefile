@@ -68,7 +68,7 @@ bench: $(DEV_STAMP)
 
 sample: $(RUNTIME_STAMP)
 	rm -rf sample/tno_sample
-	$(PY) -m ros2_bilevel_fusion.pairs_to_bag --ir $(SHARED_DATA)/tno/ir \
+	$(PY) -m ros2_bilevel_fusion.bag.pairs_to_bag --ir $(SHARED_DATA)/tno/ir \
 		--vi $(SHARED_DATA)/tno/vi --out sample/tno_sample --names 01,03,05,11,19,25 \
 		--resize 640x480 --fps 10 --ir-offset-ms 3 --storage mcap --compress
 

@@ -26,11 +26,11 @@ SHARE = f"share/{PACKAGE}"
 LIB = f"lib/{PACKAGE}"
 
 CONSOLE_SCRIPTS = {
-    "fusion_node": "ros2_bilevel_fusion.node:main",
-    "fusion-replay": "ros2_bilevel_fusion.replay:main",
-    "fusion-pairs-to-bag": "ros2_bilevel_fusion.pairs_to_bag:main",
-    "fusion-eval": "ros2_bilevel_fusion.evaluate:main",
-    "fusion-demo": "ros2_bilevel_fusion.demo:main",
+    "fusion_node": "ros2_bilevel_fusion.node.fusion_node:main",
+    "fusion-replay": "ros2_bilevel_fusion.bag.replay:main",
+    "fusion-pairs-to-bag": "ros2_bilevel_fusion.bag.pairs_to_bag:main",
+    "fusion-eval": "ros2_bilevel_fusion.evaluation.evaluate:main",
+    "fusion-demo": "ros2_bilevel_fusion.evaluation.demo:main",
 }
 # TensorRT engines and timing caches are built per GPU; never ship them.
 SKIP_SUFFIXES = (".engine", ".timing_cache", ".pyc")

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from ros2_bilevel_fusion.backends import BackendError, create_backend  # noqa: E402
-from ros2_bilevel_fusion.bundle import ModelBundle, load_bundle  # noqa: E402
+from ros2_bilevel_fusion.core.bundle import ModelBundle, load_bundle  # noqa: E402
 
 
 @dataclass

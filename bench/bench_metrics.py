@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ros2_bilevel_fusion import metrics  # noqa: E402
+from ros2_bilevel_fusion.evaluation import metrics  # noqa: E402
 
 TARGET_S = 0.5
 

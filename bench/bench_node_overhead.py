@@ -4,7 +4,7 @@
         [--loops 5] [--runs 3] [--rate 1.0] [--backend onnxruntime]
 
 Replays the sample bag (looped) through the real node with
-:func:`ros2_bilevel_fusion.live_run.run_bag_through_node` (node and replayer as separate
+:func:`ros2_bilevel_fusion.bag.live_run.run_bag_through_node` (node and replayer as separate
 processes, loopback DDS, a private domain), ``--runs`` times. Per run: the median end-to-end
 latency (camera publish stamp -> fused image received), the node's inference p50 from its
 /diagnostics, and their difference (decode, pairing, pre/post-processing, colour restore,
@@ -35,7 +35,7 @@ os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 def pick_bundle(explicit: str | None, workdir: Path) -> tuple[Path, str]:
     if explicit:
         return Path(explicit), explicit
-    from ros2_bilevel_fusion import resources
+    from ros2_bilevel_fusion.core import resources
 
     try:
         default = resources.default_bundle_path()
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0)
     args = parser.parse_args(argv)
 
-    from ros2_bilevel_fusion import resources
-    from ros2_bilevel_fusion.live_run import run_bag_through_node
+    from ros2_bilevel_fusion.bag.live_run import run_bag_through_node
+    from ros2_bilevel_fusion.core import resources
 
     bag = Path(args.bag) if args.bag else resources.sample_bag_path()
     per_run = []

@@ -12,9 +12,10 @@ several runs after warm-up is reported, with min and max beside it.
 
 ``--quality-steps N`` also trains each network from scratch for N Adam steps on the fusion loss
 alone (training.losses.fusion_loss; batch 2 of 96x96 crops of RoadScene + MSRS-train, 1 torch
-thread, same seed) and prints mean TNO-25 fusion metrics (ros2_bilevel_fusion.metrics, the
-DESIGN.md protocol: grey 0-255, MI in nats, SSIM data_range 2) beside max and mean fusion. This
-is an equal-budget comparison of the architectures, not of the shipped (bi-level) model.
+thread, same seed) and prints mean TNO-25 fusion metrics
+(ros2_bilevel_fusion.evaluation.metrics, the DESIGN.md protocol: grey 0-255, MI in nats, SSIM
+data_range 2) beside max and mean fusion. This is an equal-budget comparison of the
+architectures, not of the shipped (bi-level) model.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def compare_quality(steps: int, lr: float, data_root: Path) -> dict[str, dict[st
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
 
-    from ros2_bilevel_fusion.metrics import fusion_metrics, mean_metrics
+    from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, mean_metrics
     from training.data import PairFolder, collate_pairs, msrs_pairs
     from training.losses import fusion_loss
     from training.models import build_fusion

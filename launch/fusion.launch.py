@@ -10,8 +10,6 @@ The camera topics are connected by remapping the node's relative inputs ``ir/ima
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
@@ -19,27 +17,13 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
+from ros2_bilevel_fusion.core.resources import share_dir
 
 PACKAGE = "ros2_bilevel_fusion"
 
 
-def _share_dir() -> Path:
-    """Installed share directory; the source tree when the package is not installed."""
-    try:
-        from ament_index_python.packages import (
-            PackageNotFoundError,
-            get_package_share_directory,
-        )
-    except ImportError:
-        return Path(__file__).resolve().parents[1]
-    try:
-        return Path(get_package_share_directory(PACKAGE))
-    except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset (pip-only ROS)
-        return Path(__file__).resolve().parents[1]
-
-
 def generate_launch_description() -> LaunchDescription:
-    share = _share_dir()
+    share = share_dir()
     arguments = [
         DeclareLaunchArgument(
             "backend", default_value="auto", description="auto|tensorrt|onnxruntime|torch"

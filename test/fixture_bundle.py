@@ -1,6 +1,6 @@
 """A tiny, honest, UNTRAINED model bundle ("fixture") for runtime tests, built without torch.
 
-The graph follows the bundle contract (see ros2_bilevel_fusion/bundle.py) so every runtime
+The graph follows the bundle contract (see ros2_bilevel_fusion/core/bundle.py) so every runtime
 part (backends, pipeline, node) can be tested before a trained default bundle exists:
 
 * ``fused_y = max(ir, Y)``: pixel-wise maximum of IR and the visible luma. Not a learned fusion;
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ros2_bilevel_fusion.bundle import (
+from ros2_bilevel_fusion.core.bundle import (
     DetectionLevel,
     DetectionSpec,
     InputSpec,

@@ -14,7 +14,7 @@ import yaml
 
 from ros2_bilevel_fusion.backends import BackendError, create_backend
 from ros2_bilevel_fusion.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
-from ros2_bilevel_fusion.bundle import BundleError, load_bundle
+from ros2_bilevel_fusion.core.bundle import BundleError, load_bundle
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -169,9 +169,9 @@ def test_torch_matches_onnxruntime_on_default_bundle(repo_root: Path) -> None:
 def test_node_and_onnxruntime_path_import_neither_torch_nor_tensorrt(fixture_bundle: Path) -> None:
     code = (
         "import sys\n"
-        "import ros2_bilevel_fusion.node\n"
+        "import ros2_bilevel_fusion.node.fusion_node\n"
         "from ros2_bilevel_fusion.backends import create_backend\n"
-        "from ros2_bilevel_fusion.bundle import load_bundle\n"
+        "from ros2_bilevel_fusion.core.bundle import load_bundle\n"
         f"create_backend('auto', load_bundle({str(fixture_bundle)!r}), threads=1)\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'tensorrt' not in sys.modules, 'tensorrt imported'\n"

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion import bagio, pairs_to_bag, replay
+from ros2_bilevel_fusion.bag import bagio, pairs_to_bag, replay
 
 
 def test_plan_stamps_spacing_and_offset() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion import baselines
+from ros2_bilevel_fusion.evaluation import baselines
 
 
 def _synthetic(seed: int, shape: tuple[int, int] = (61, 83)) -> np.ndarray:

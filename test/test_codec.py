@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion import codec
-from ros2_bilevel_fusion.codec import (
+from ros2_bilevel_fusion.messages import codec
+from ros2_bilevel_fusion.messages.codec import (
     SUPPORTED_ENCODINGS,
     AutoGain,
     GainControl,

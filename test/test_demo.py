@@ -11,9 +11,11 @@ from pathlib import Path
 import cv2
 import pytest
 
-from ros2_bilevel_fusion import demo, live_run, recorder, resources
-from ros2_bilevel_fusion.bagio import BagError
-from ros2_bilevel_fusion.bundle import MODEL_YAML
+from ros2_bilevel_fusion.bag import live_run, recorder
+from ros2_bilevel_fusion.bag.bagio import BagError
+from ros2_bilevel_fusion.core import resources
+from ros2_bilevel_fusion.core.bundle import MODEL_YAML
+from ros2_bilevel_fusion.evaluation import demo
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,7 @@ def test_recorder_matches_best_effort_and_reliable_publishers() -> None:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import String
 
-    from ros2_bilevel_fusion.bagio import make_rclpy_image
+    from ros2_bilevel_fusion.bag.bagio import make_rclpy_image
 
     context = rclpy.Context()
     rclpy.init(context=context)

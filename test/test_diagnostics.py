@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion.diagnostics import (
+from ros2_bilevel_fusion.node.diagnostics import (
     ERROR,
     OK,
     WARN,

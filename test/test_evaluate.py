@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion import evaluate, metrics
+from ros2_bilevel_fusion.evaluation import evaluate, metrics
 
 TNO_NAMES = ("01.png", "02.png", "03.png")
 
@@ -87,8 +87,8 @@ def test_folder_mode_on_tno_with_the_fixture_bundle(fixture_bundle, tno_subset, 
 
     # Saved fused PNGs are exactly what the pipeline returns for the same inputs.
     from ros2_bilevel_fusion.backends import create_backend
-    from ros2_bilevel_fusion.bundle import load_bundle
-    from ros2_bilevel_fusion.pipeline import FusionPipeline
+    from ros2_bilevel_fusion.core.bundle import load_bundle
+    from ros2_bilevel_fusion.core.pipeline import FusionPipeline
 
     pipeline = FusionPipeline(create_backend("onnxruntime", load_bundle(fixture_bundle)))
     for name in TNO_NAMES:
@@ -258,7 +258,7 @@ def test_sidecar_and_detection_json_conversions() -> None:
 
 def test_bag_mode_on_a_tiny_real_bag(fixture_bundle, shared_data, tmp_path) -> None:
     """Node and replayer as processes on a 4-pair MSRS bag with labels (about 15 s)."""
-    from ros2_bilevel_fusion.pairs_to_bag import convert
+    from ros2_bilevel_fusion.bag.pairs_to_bag import convert
 
     bag = tmp_path / "msrs_bag"
     msrs = shared_data / "msrs"
@@ -290,7 +290,7 @@ def test_bag_mode_on_a_tiny_real_bag(fixture_bundle, shared_data, tmp_path) -> N
 
 
 def test_report_helpers() -> None:
-    from ros2_bilevel_fusion import report
+    from ros2_bilevel_fusion.evaluation import report
 
     assert report.format_value(float("nan")) == "n/a"
     assert report.format_value(float("inf")) == "inf"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ros2_bilevel_fusion.backends import create_backend
-from ros2_bilevel_fusion.bundle import load_bundle
+from ros2_bilevel_fusion.core.bundle import load_bundle
 from training import export
 from training.models import build_export_model
 

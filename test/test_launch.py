@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ros2_bilevel_fusion.parameters import PARAMETERS
+from ros2_bilevel_fusion.node.parameters import PARAMETERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO_ROOT / "launch" / "fusion.launch.py"
@@ -148,7 +148,7 @@ def test_params_file_matches_the_node_parameter_table() -> None:
 def test_params_file_applies_to_a_namespaced_node(tmp_path: Path, fixture_bundle: Path) -> None:
     """rcl parses the file and its /** wildcard reaches fusion_node in any namespace."""
     rclpy = pytest.importorskip("rclpy")
-    from ros2_bilevel_fusion.node import FusionNode
+    from ros2_bilevel_fusion.node.fusion_node import FusionNode
 
     edited = tmp_path / "fusion.yaml"
     edited.write_text(

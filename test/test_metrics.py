@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion import metrics
+from ros2_bilevel_fusion.evaluation import metrics
 
 
 def _synthetic_texture(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:

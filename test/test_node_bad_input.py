@@ -26,8 +26,8 @@ from test_node_integration import (  # noqa: E402
     synthetic_ir,
 )
 
-from ros2_bilevel_fusion.node import message_filters  # noqa: E402
-from ros2_bilevel_fusion.parameters import (  # noqa: E402
+from ros2_bilevel_fusion.node.fusion_node import message_filters  # noqa: E402
+from ros2_bilevel_fusion.node.parameters import (  # noqa: E402
     PARAMETERS,
     FusionParameters,
     repair_parameters,
@@ -75,7 +75,7 @@ def test_repair_resets_only_the_bad_parameters() -> None:
 def test_integer_overrides_for_doubles_are_coerced() -> None:
     from rclpy.parameter import Parameter
 
-    from ros2_bilevel_fusion.node import _coerce_override
+    from ros2_bilevel_fusion.node.fusion_node import _coerce_override
 
     assert _coerce_override(Parameter("slop", value=1), 0.05) == 1.0
     assert _coerce_override(Parameter("h", value=[1, 0, 0, 0, 1, 0, 0, 0, 1]), [1.0] * 9) == [

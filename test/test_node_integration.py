@@ -32,7 +32,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from ros2_bilevel_fusion.codec import array_to_msg, msg_to_array  # noqa: E402
+from ros2_bilevel_fusion.messages.codec import array_to_msg, msg_to_array  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VISIBLE_FRAME = "synthetic_visible_optical"
@@ -49,11 +49,14 @@ OUTPUT_TOPICS = {
 
 
 def start_node(namespace: str, *params: str, log_path: Path) -> subprocess.Popen:
-    """fusion_node as `python -m ros2_bilevel_fusion.node` in ``namespace``; env from conftest."""
+    """fusion_node (`python -m ros2_bilevel_fusion.node.fusion_node`) in ``namespace``.
+
+    The environment comes from conftest.
+    """
     args = [
         sys.executable,
         "-m",
-        "ros2_bilevel_fusion.node",
+        "ros2_bilevel_fusion.node.fusion_node",
         "--ros-args",
         "-r",
         f"__ns:={namespace}",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ros2_bilevel_fusion import resources
+from ros2_bilevel_fusion.core import resources
 
 PACKAGE = "ros2_bilevel_fusion"
 SCRIPTS = ("fusion_node", "fusion-replay", "fusion-pairs-to-bag", "fusion-eval", "fusion-demo")
@@ -96,7 +96,7 @@ def test_installed_wrapper_runs_from_any_cwd(wheel: Path, tmp_path: Path) -> Non
     # The installed code finds its share folder in the prefix it was installed into.
     probe = subprocess.run(
         [sys.executable, "-c",
-         "from ros2_bilevel_fusion import resources as r; "
+         "from ros2_bilevel_fusion.core import resources as r; "
          "print(r.__file__); print(r.share_dir()); print(r.sample_bag_path())"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
     )

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ros2_bilevel_fusion.pairing import (
+from ros2_bilevel_fusion.core.pairing import (
     IR_STREAM,
     VISIBLE_STREAM,
     ApproximateTimePairer,

@@ -9,21 +9,21 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion.bundle import (
+from ros2_bilevel_fusion.core.bundle import (
     DetectionLevel,
     DetectionSpec,
     InputSpec,
     ModelBundle,
     SegmentationSpec,
 )
-from ros2_bilevel_fusion.pipeline import (
+from ros2_bilevel_fusion.core.pipeline import (
     FusionPipeline,
     FusionResult,
     PostprocessConfig,
     render_debug,
     render_segmentation_color,
 )
-from ros2_bilevel_fusion.registration import Registration, parse_homography
+from ros2_bilevel_fusion.core.registration import Registration, parse_homography
 
 PAD = 16
 OFF, ON = -30.0, 30.0
@@ -242,7 +242,7 @@ class OrtFixtureBackend:
 
 def test_fixture_onnx_bundle_through_onnxruntime(fixture_bundle: Path) -> None:
     """The pipeline on the real bundle contract: the untrained fixture graph (max fusion)."""
-    from ros2_bilevel_fusion.bundle import load_bundle
+    from ros2_bilevel_fusion.core.bundle import load_bundle
 
     backend = OrtFixtureBackend(load_bundle(fixture_bundle))
     visible = np.full((70, 90, 3), 40, np.uint8)
@@ -264,7 +264,7 @@ def test_real_pair_through_fixture_bundle(
     fixture_bundle: Path, shared_data: Path, subset: str
 ) -> None:
     """A real pair of odd size (not a multiple of 32) through the fixture graph."""
-    from ros2_bilevel_fusion.bundle import load_bundle
+    from ros2_bilevel_fusion.core.bundle import load_bundle
 
     ir_path = sorted((shared_data / subset / "ir").iterdir())[0]
     visible_path = next((shared_data / subset / "vi").glob(ir_path.stem + ".*"))

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion.bundle import DetectionLevel, DetectionSpec
-from ros2_bilevel_fusion.processing import (
+from ros2_bilevel_fusion.core.bundle import DetectionLevel, DetectionSpec
+from ros2_bilevel_fusion.core.processing import (
     PRE_NMS_TOP_K,
     Detections,
     blend,

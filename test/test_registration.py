@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion.registration import Registration, parse_homography
+from ros2_bilevel_fusion.core.registration import Registration, parse_homography
 
 
 def synthetic_dot(hw: tuple[int, int], xy: tuple[int, int]) -> np.ndarray:

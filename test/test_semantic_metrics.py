@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion import semantic_metrics as sm
+from ros2_bilevel_fusion.evaluation import semantic_metrics as sm
 
 CLASSES = ("person", "bicycle", "car")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion.baselines import max_fusion
-from ros2_bilevel_fusion.metrics import list_images, read_u8
+from ros2_bilevel_fusion.evaluation.baselines import max_fusion
+from ros2_bilevel_fusion.evaluation.metrics import list_images, read_u8
 from training.losses import FusionLossWeights
 from training.target_frontier import main, score_target, target_image
 

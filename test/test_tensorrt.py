@@ -22,7 +22,7 @@ from ros2_bilevel_fusion.backends.tensorrt_backend import (
     unpack_engine_cache,
     validate_profile,
 )
-from ros2_bilevel_fusion.bundle import load_bundle
+from ros2_bilevel_fusion.core.bundle import load_bundle
 
 KEY = EngineKey(
     trt_version="10.9.0.34",

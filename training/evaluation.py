@@ -1,11 +1,14 @@
 """Evaluation during and after training: thin wrappers over the runtime's metrics.
 
-* Fusion: :func:`ros2_bilevel_fusion.metrics.fusion_metrics` (published evaluator's conventions:
+* Fusion: :func:`ros2_bilevel_fusion.evaluation.metrics.fusion_metrics`
+  (published evaluator's conventions:
   8-bit grey, EN log2, MI in nats, SSIM with data_range 2, see that module) on a held-out pair
   folder (TNO by default), the fused Y rounded to 8 bits.
-* Detection: :func:`ros2_bilevel_fusion.semantic_metrics.detection_map` (pycocotools) on boxes
+* Detection: :func:`ros2_bilevel_fusion.evaluation.semantic_metrics.detection_map`
+  (pycocotools) on boxes
   decoded by :func:`training.models.decode_detections_torch` (the runtime's decoding rule).
-* Segmentation: :class:`ros2_bilevel_fusion.semantic_metrics.ConfusionMatrix` over the images
+* Segmentation: :class:`ros2_bilevel_fusion.evaluation.semantic_metrics.ConfusionMatrix`
+  over the images
   that have masks.
 
 ``score`` (the best-checkpoint criterion) is the mean over ``eval.score_metrics`` of
@@ -23,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ros2_bilevel_fusion.metrics import fusion_metrics, list_images, mean_metrics
-from ros2_bilevel_fusion.report import CDDFUSE_TNO_PUBLISHED
-from ros2_bilevel_fusion.semantic_metrics import ConfusionMatrix, detection_map
+from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, list_images, mean_metrics
+from ros2_bilevel_fusion.evaluation.report import CDDFUSE_TNO_PUBLISHED
+from ros2_bilevel_fusion.evaluation.semantic_metrics import ConfusionMatrix, detection_map
 from training.models import DETECTION_CLASSES, SEGMENTATION_CLASSES, decode_detections_torch
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ros2_bilevel_fusion.bundle import (
+from ros2_bilevel_fusion.core.bundle import (
     DetectionLevel,
     DetectionSpec,
     InputSpec,

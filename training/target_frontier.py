@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ros2_bilevel_fusion.metrics import fusion_metrics, list_images, mean_metrics, read_u8
+from ros2_bilevel_fusion.evaluation.metrics import (
+    fusion_metrics,
+    list_images,
+    mean_metrics,
+    read_u8,
+)
 from training.evaluation import CDDFUSE_TNO
 from training.losses import FusionLossWeights, fusion_target
 

@@ -2,12 +2,16 @@
 
 Heavy or optional libraries (tensorrt, CUDA, torch) are imported only inside the factory branch
 that needs them, so importing the node never pulls in torch or TensorRT.
+
+May import: ``core``, numpy, OpenCV, onnxruntime, tensorrt and CUDA bindings; torch only in
+``torch_backend`` (which loads the TorchScript file the export wrote) and for the optional
+device buffers of ``tensorrt_backend``. Never rclpy, ROS messages or training.
 """
 
 from __future__ import annotations
 
 from ros2_bilevel_fusion.backends.base import BackendError, InferenceBackend
-from ros2_bilevel_fusion.bundle import ModelBundle
+from ros2_bilevel_fusion.core.bundle import ModelBundle
 
 BACKEND_KINDS = ("auto", "tensorrt", "onnxruntime", "torch")
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ros2_bilevel_fusion.bundle import ModelBundle
+from ros2_bilevel_fusion.core.bundle import ModelBundle
 
 
 class BackendError(RuntimeError):

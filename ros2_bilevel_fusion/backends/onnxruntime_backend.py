@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ros2_bilevel_fusion.backends.base import BackendError, check_inputs
-from ros2_bilevel_fusion.bundle import ModelBundle
+from ros2_bilevel_fusion.core.bundle import ModelBundle
 
 try:  # onnxruntime is a runtime requirement, but keep the node importable without it.
     import onnxruntime as ort

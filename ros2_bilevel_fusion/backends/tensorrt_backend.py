@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ros2_bilevel_fusion.backends.base import BackendError, check_inputs
-from ros2_bilevel_fusion.bundle import ModelBundle
+from ros2_bilevel_fusion.core.bundle import ModelBundle
 
 CACHE_MAGIC = b"R2BFTRT1"
 _HEADER_LEN = struct.Struct("<I")
@@ -463,7 +463,7 @@ def _read_pair_for_calibration(
     size = (hw[1], hw[0])
     ir = cv2.resize(ir, size, interpolation=cv2.INTER_AREA)
     vi = cv2.resize(vi, size, interpolation=cv2.INTER_AREA)
-    from ros2_bilevel_fusion.processing import prepare_inputs
+    from ros2_bilevel_fusion.core.processing import prepare_inputs
 
     # hw is a multiple of the pad multiple (validate_profile), so padding is a no-op here.
     prepared = prepare_inputs(ir, vi, 1)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ros2_bilevel_fusion.backends.base import BackendError, check_inputs
-from ros2_bilevel_fusion.bundle import ModelBundle
+from ros2_bilevel_fusion.core.bundle import ModelBundle
 
 STATE_DICT_FILE = "model.pt"
 

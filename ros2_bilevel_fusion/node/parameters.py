@@ -173,7 +173,7 @@ class FusionParameters:
 
 def validate(params: FusionParameters) -> str | None:
     """None when the combination is usable, else the reason (shown to ``ros2 param set``)."""
-    from ros2_bilevel_fusion.registration import parse_homography
+    from ros2_bilevel_fusion.core.registration import parse_homography
 
     if params.qos not in QOS_CHOICES:
         return f"qos must be one of {QOS_CHOICES}, got {params.qos!r}"

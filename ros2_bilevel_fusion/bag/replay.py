@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ros2_bilevel_fusion.bagio import BagError, BagMessage, bag_topics, raw_to_rclpy, read_bag
+from ros2_bilevel_fusion.bag.bagio import BagError, BagMessage, bag_topics, raw_to_rclpy, read_bag
 
 LOG = logging.getLogger("fusion-replay")
 
@@ -273,7 +273,7 @@ def replay_messages(node: Any, options: ReplayOptions,
 
 
 def _message_class(msgtype: str) -> type:
-    from ros2_bilevel_fusion.bagio import rclpy_message_class
+    from ros2_bilevel_fusion.bag.bagio import rclpy_message_class
 
     return rclpy_message_class(msgtype)
 

@@ -1,10 +1,10 @@
 """``fusion-eval``: score a model bundle on image folders or on what the ROS node publishes.
 
 Folder mode runs every IR/visible pair through exactly the node's pre- and post-processing
-(:class:`ros2_bilevel_fusion.pipeline.FusionPipeline`), computes the fusion metrics of
-:mod:`ros2_bilevel_fusion.metrics` for the model and for classical baselines with the same
-code, and, when labels are given, detection mAP and segmentation IoU. Bag mode replays a bag
-through the real node (:func:`ros2_bilevel_fusion.live_run.run_bag_through_node`) and scores
+(:class:`ros2_bilevel_fusion.core.pipeline.FusionPipeline`), computes the fusion metrics of
+:mod:`ros2_bilevel_fusion.evaluation.metrics` for the model and for classical baselines with
+the same code, and, when labels are given, detection mAP and segmentation IoU. Bag mode replays a
+bag through the real node (:func:`ros2_bilevel_fusion.bag.live_run.run_bag_through_node`) and scores
 what the node published: fusion metrics, latency, throughput and drops.
 
 Every report folder holds ``summary.md`` (or ``report.md``), CSVs, ``summary.json`` and PNGs.
@@ -25,9 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion import baselines, metrics, report
-from ros2_bilevel_fusion.registration import Registration
-from ros2_bilevel_fusion.semantic_metrics import (
+from ros2_bilevel_fusion.core.registration import Registration
+from ros2_bilevel_fusion.evaluation import baselines, metrics, report
+from ros2_bilevel_fusion.evaluation.semantic_metrics import (
     ConfusionMatrix,
     detection_map,
     yolo_to_xyxy,
@@ -116,8 +116,8 @@ def build_pipeline(
 ) -> tuple[Any, Any]:
     """(pipeline, bundle): the node's FusionPipeline for this bundle, backend, registration."""
     from ros2_bilevel_fusion.backends import create_backend
-    from ros2_bilevel_fusion.bundle import load_bundle
-    from ros2_bilevel_fusion.pipeline import FusionPipeline
+    from ros2_bilevel_fusion.core.bundle import load_bundle
+    from ros2_bilevel_fusion.core.pipeline import FusionPipeline
 
     bundle = load_bundle(bundle_path)
     backend = create_backend(backend_kind, bundle)
@@ -429,7 +429,8 @@ class BagFrame:
 
 def read_bag_frames(bag: Path, topic: str, grey: bool) -> list[BagFrame]:
     """Every image of ``topic`` in bag order, converted as the node converts it (codec)."""
-    from ros2_bilevel_fusion import bagio, codec
+    from ros2_bilevel_fusion.bag import bagio
+    from ros2_bilevel_fusion.messages import codec
 
     frames = []
     for message in bagio.read_bag(bag, [topic]):
@@ -570,7 +571,7 @@ def _detection_class_names(
     bundle: Path | None, payloads: Sequence[dict], truths: Sequence[dict]
 ) -> list[str]:
     if bundle is not None:
-        from ros2_bilevel_fusion.bundle import load_bundle
+        from ros2_bilevel_fusion.core.bundle import load_bundle
 
         loaded = load_bundle(bundle)
         if loaded.detection is not None:
@@ -600,8 +601,8 @@ def evaluate_live_result(
     rate: float = 1.0,
     with_baselines: bool = True,
 ) -> BagEvaluation:
-    """Score a :class:`~ros2_bilevel_fusion.live_run.LiveRunResult` against its bag's inputs."""
-    from ros2_bilevel_fusion import bagio
+    """Score a :class:`~ros2_bilevel_fusion.bag.live_run.LiveRunResult` against its bag's inputs."""
+    from ros2_bilevel_fusion.bag import bagio
 
     out_dir.mkdir(parents=True, exist_ok=True)
     visible_frames = read_bag_frames(bag, BAG_VISIBLE_TOPIC, grey=False)
@@ -767,7 +768,7 @@ def _bag_markdown(summary: dict[str, Any]) -> str:
 
 
 def run_bag(args: argparse.Namespace) -> int:
-    from ros2_bilevel_fusion.live_run import LiveRunError, run_bag_through_node
+    from ros2_bilevel_fusion.bag.live_run import LiveRunError, run_bag_through_node
 
     bag, out_dir = Path(args.bag), Path(args.out)
     bundle = Path(args.bundle) if args.bundle else None

@@ -18,7 +18,8 @@ Rendered views cost CPU, so ``~/debug_image`` and ``~/segmentation/color`` are c
 published only while someone subscribes to them; ``~/fused``, ``~/segmentation`` and the
 detections are published for every processed pair (subject to the publish_* toggles).
 
-Run: ``python -m ros2_bilevel_fusion.node --ros-args -p bundle_path:=... -r ir/image:=/cam``.
+Run: ``python -m ros2_bilevel_fusion.node.fusion_node --ros-args -p bundle_path:=...
+-r ir/image:=/cam``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,22 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from ros2_bilevel_fusion.backends import create_backend
-from ros2_bilevel_fusion.bundle import load_bundle
-from ros2_bilevel_fusion.codec import (
+from ros2_bilevel_fusion.core.bundle import load_bundle
+from ros2_bilevel_fusion.core.pairing import (
+    IR_STREAM,
+    VISIBLE_STREAM,
+    ApproximateTimePairer,
+    LatestPairSlot,
+)
+from ros2_bilevel_fusion.core.pipeline import (
+    FusionPipeline,
+    PostprocessConfig,
+    render_debug,
+    render_segmentation_color,
+)
+from ros2_bilevel_fusion.core.registration import Registration
+from ros2_bilevel_fusion.core.resources import default_bundle_path
+from ros2_bilevel_fusion.messages.codec import (
     AutoGain,
     GainControl,
     ImageCodecError,
@@ -62,7 +77,7 @@ from ros2_bilevel_fusion.codec import (
     to_bgr8,
     to_mono8,
 )
-from ros2_bilevel_fusion.diagnostics import (
+from ros2_bilevel_fusion.node.diagnostics import (
     DropCounter,
     HealthSnapshot,
     LatencyWindow,
@@ -72,13 +87,7 @@ from ros2_bilevel_fusion.diagnostics import (
     health_level,
     make_status,
 )
-from ros2_bilevel_fusion.pairing import (
-    IR_STREAM,
-    VISIBLE_STREAM,
-    ApproximateTimePairer,
-    LatestPairSlot,
-)
-from ros2_bilevel_fusion.parameters import (
+from ros2_bilevel_fusion.node.parameters import (
     PARAMETERS,
     SPECS,
     FusionParameters,
@@ -86,14 +95,6 @@ from ros2_bilevel_fusion.parameters import (
     repair_parameters,
     validate,
 )
-from ros2_bilevel_fusion.pipeline import (
-    FusionPipeline,
-    PostprocessConfig,
-    render_debug,
-    render_segmentation_color,
-)
-from ros2_bilevel_fusion.registration import Registration
-from ros2_bilevel_fusion.resources import default_bundle_path
 
 try:  # Not on PyPI: present only in a full ROS 2 install.
     import message_filters

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.metrics import CONVENTIONS, METRIC_NAMES
+from ros2_bilevel_fusion.evaluation.metrics import CONVENTIONS, METRIC_NAMES
 
 #: CDDFuse (CVPR 2023) on the same 25 TNO pairs, as published (../shared/data/README.md).
 #: A literature figure, never a measurement of ours; printed only when evaluating TNO.

@@ -1,6 +1,6 @@
 """``fusion-demo``: play the shipped TNO sample through the live fusion node and report.
 
-Runs :func:`~ros2_bilevel_fusion.live_run.run_bag_through_node` (node and replayer as separate
+Runs :func:`~ros2_bilevel_fusion.bag.live_run.run_bag_through_node` (node and replayer as separate
 processes, loopback DDS, private domain) on the sample bag, looped to about ``--duration``
 seconds, then writes into ``--out``:
 
@@ -26,17 +26,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion import resources
-from ros2_bilevel_fusion.bagio import BagError, image_msg_to_array, read_bag
-from ros2_bilevel_fusion.bundle import BundleError, load_bundle
-from ros2_bilevel_fusion.live_run import (
+from ros2_bilevel_fusion.bag.bagio import BagError, image_msg_to_array, read_bag
+from ros2_bilevel_fusion.bag.live_run import (
     LiveRunError,
     LiveRunResult,
     result_summary,
     run_bag_through_node,
 )
-from ros2_bilevel_fusion.pairs_to_bag import IR_TOPIC, VISIBLE_TOPIC
-from ros2_bilevel_fusion.replay import loop_period_ns
+from ros2_bilevel_fusion.bag.pairs_to_bag import IR_TOPIC, VISIBLE_TOPIC
+from ros2_bilevel_fusion.bag.replay import loop_period_ns
+from ros2_bilevel_fusion.core import resources
+from ros2_bilevel_fusion.core.bundle import BundleError, load_bundle
 
 LOG = logging.getLogger("fusion-demo")
 

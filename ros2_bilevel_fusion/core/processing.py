@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.bundle import DetectionSpec
+from ros2_bilevel_fusion.core.bundle import DetectionSpec
 
 # Candidates kept per level before NMS: bounds NMS cost when a head fires everywhere.
 PRE_NMS_TOP_K = 1000

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.backends.base import InferenceBackend
-from ros2_bilevel_fusion.bundle import ModelBundle
-from ros2_bilevel_fusion.processing import (
+from ros2_bilevel_fusion.core.bundle import ModelBundle
+from ros2_bilevel_fusion.core.processing import (
     Detections,
     blend,
     colorize_labels,
@@ -26,7 +26,10 @@ from ros2_bilevel_fusion.processing import (
     restore_colour,
     segmentation_labels,
 )
-from ros2_bilevel_fusion.registration import Registration
+from ros2_bilevel_fusion.core.registration import Registration
+
+if TYPE_CHECKING:  # the core only calls .infer(); backends sit one layer above it
+    from ros2_bilevel_fusion.backends.base import InferenceBackend
 
 _DEFAULT_SCORE_THRESHOLD = 0.3
 _DEFAULT_NMS_IOU = 0.5

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ros2_bilevel_fusion.codec import msg_to_array
+from ros2_bilevel_fusion.messages.codec import msg_to_array
 
 LOG = logging.getLogger("fusion-recorder")
 

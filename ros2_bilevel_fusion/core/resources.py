@@ -31,7 +31,7 @@ class ResourceError(FileNotFoundError):
 
 
 def _source_checkout() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # <root>/ros2_bilevel_fusion/core/
     if (root / "package.xml").is_file() and (root / "setup.py").is_file():
         return root
     return None
@@ -64,13 +64,13 @@ def share_dir() -> Path:
     override = os.environ.get(SHARE_OVERRIDE_ENV)
     if override:
         return Path(override)
-    # <prefix>/lib/pythonX.Y/site-packages/ros2_bilevel_fusion/resources.py -> <prefix>: covers
-    # pip install --prefix/--user, where sys.prefix is not where the package went.
+    # <prefix>/lib/pythonX.Y/site-packages/ros2_bilevel_fusion/core/resources.py -> <prefix>:
+    # covers pip install --prefix/--user, where sys.prefix is not where the package went.
     parents = Path(__file__).resolve().parents
     lookups = (
         _source_checkout,
         _ament_share,
-        lambda: _prefix_share(parents[4]) if len(parents) > 4 else None,
+        lambda: _prefix_share(parents[5]) if len(parents) > 5 else None,
         lambda: _prefix_share(Path(sys.prefix)),
     )
     for lookup in lookups:
@@ -109,6 +109,3 @@ def config_path(name: str) -> Path:
         raise ResourceError(f"no config file {path}")
     return path
 
-
-def launch_path(name: str) -> Path:
-    return share_dir() / "launch" / name

@@ -1,9 +1,10 @@
 """Run a bag through the real fusion node, live, and record everything it publishes.
 
-:func:`run_bag_through_node` starts the node (``python -m ros2_bilevel_fusion.node``) and the
-replayer (``python -m ros2_bilevel_fusion.replay --restamp``) as separate processes on loopback
-DDS in a private domain, records the node's outputs in this process
-(:class:`~ros2_bilevel_fusion.recorder.OutputRecorder`), waits for the replay to finish plus a
+:func:`run_bag_through_node` starts the node
+(``python -m ros2_bilevel_fusion.node.fusion_node``) and the replayer
+(``python -m ros2_bilevel_fusion.bag.replay --restamp``) as separate processes on loopback DDS
+in a private domain, records the node's outputs in this process
+(:class:`~ros2_bilevel_fusion.bag.recorder.OutputRecorder`), waits for the replay to finish plus a
 quiet period, stops both processes and returns a :class:`LiveRunResult`. Used by
 ``fusion-demo`` and ``fusion-eval bag``.
 
@@ -34,7 +35,7 @@ import numpy as np
 import yaml
 
 import ros2_bilevel_fusion
-from ros2_bilevel_fusion.recorder import NODE_NAME, OutputRecorder, Record, output_topics
+from ros2_bilevel_fusion.bag.recorder import NODE_NAME, OutputRecorder, Record, output_topics
 
 LOG = logging.getLogger("fusion-live-run")
 
@@ -274,7 +275,7 @@ def run_bag_through_node(
     try:
         with node_log.open("wb") as node_out:
             node_process = subprocess.Popen(
-                [sys.executable, "-m", "ros2_bilevel_fusion.node", "--ros-args",
+                [sys.executable, "-m", "ros2_bilevel_fusion.node.fusion_node", "--ros-args",
                  "--params-file", str(params_file)],
                 env=env, stdout=node_out, stderr=subprocess.STDOUT, cwd=work_dir,
             )
@@ -299,7 +300,7 @@ def run_bag_through_node(
         LOG.info("node is up after %.1f s", time.monotonic() - started)
 
         replay_command = [
-            sys.executable, "-m", "ros2_bilevel_fusion.replay", str(bag), "--rate", str(rate),
+            sys.executable, "-m", "ros2_bilevel_fusion.bag.replay", str(bag), "--rate", str(rate),
             "--loop", str(loops), "--restamp", "--qos", "reliable",
             # The node and this recorder both subscribe to the inputs. Discovery is not
             # symmetric: the replayer can see a subscription before that reader has matched

@@ -4,7 +4,7 @@ Stamps imitate two free-running cameras: visible frames every 1/fps, the IR fram
 pair ``--ir-offset-ms`` later, both with a little Gaussian jitter from a fixed seed, so the bag is
 reproducible and the node's approximate-time pairing has real work to do. Record times equal the
 header stamps. With ``--labels DIR`` (YOLO txt files named like the images) the boxes are written
-to ``labels.json`` inside the bag folder (see :mod:`ros2_bilevel_fusion.bagio`).
+to ``labels.json`` inside the bag folder (see :mod:`ros2_bilevel_fusion.bag.bagio`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.bagio import ImageBagWriter, write_label_sidecar
+from ros2_bilevel_fusion.bag.bagio import ImageBagWriter, write_label_sidecar
 
 LOG = logging.getLogger("fusion-pairs-to-bag")
 
