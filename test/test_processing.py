@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion.core.bundle import DetectionLevel, DetectionSpec
+from ros2_bilevel_fusion.core.bundle import (
+    DetectionLevel,
+    DetectionSpec,
+    InputSpec,
+    ModelBundle,
+    PreprocessSpec,
+)
 from ros2_bilevel_fusion.core.processing import (
     PRE_NMS_TOP_K,
     Detections,
@@ -52,6 +60,18 @@ def hot_cell(
     outputs[spec_level.box][0, :, row, col] = ltrb
 
 
+def bundle_for(
+    pad_multiple: int = 32, pad_mode: str = "reflect_101", fixed_hw: tuple[int, int] = (0, 0)
+) -> ModelBundle:
+    """A bundle carrying only what preprocessing reads (no ONNX file is opened)."""
+    return ModelBundle(
+        name="preprocessing",
+        onnx_path=Path("unused.onnx"),
+        inputs=InputSpec(pad_multiple=pad_multiple, height=fixed_hw[0], width=fixed_hw[1]),
+        preprocessing=PreprocessSpec(pad_mode=pad_mode),
+    )
+
+
 def decode(outputs: dict, image_hw=(64, 96), threshold=0.3, iou=0.5, max_det=100) -> Detections:
     return decode_detections(outputs, SPEC, image_hw, threshold, iou, max_det)
 
@@ -63,7 +83,8 @@ def test_pad_to_multiple_reflects_bottom_right() -> None:
     np.testing.assert_array_equal(padded[:5, :6], image)
     np.testing.assert_array_equal(padded[5], image[3, list(range(6)) + [4, 3]])
     np.testing.assert_array_equal(padded[:5, 6], image[:, 4])
-    assert pad_to_multiple(image[:4, :4], 4) is not None
+    square = image[:4, :4]
+    np.testing.assert_array_equal(pad_to_multiple(square, 4), square)  # already a multiple
     exact = np.zeros((8, 8, 3), np.uint8)
     assert pad_to_multiple(exact, 4) is exact
     colour = pad_to_multiple(np.zeros((5, 6, 3), np.uint8), 32)
@@ -79,8 +100,8 @@ def test_prepare_inputs_layout_and_values() -> None:
     rng = np.random.default_rng(0)
     ir = rng.integers(0, 256, (30, 50), dtype=np.uint8)
     bgr = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    prepared = prepare_inputs(ir, bgr, 16)
-    assert prepared.image_hw == (30, 50)
+    prepared = prepare_inputs(ir, bgr, bundle_for(16))
+    assert prepared.image_hw == prepared.network_hw == (30, 50)
     assert prepared.ir.shape == (1, 1, 32, 64) and prepared.ir.dtype == np.float32
     assert prepared.visible_ycrcb.shape == (1, 3, 32, 64)
     assert prepared.visible_ycrcb.dtype == np.float32
@@ -94,6 +115,38 @@ def test_prepare_inputs_layout_and_values() -> None:
     assert 0.0 <= prepared.ir.min() and prepared.ir.max() <= 1.0
 
 
+def test_prepare_inputs_pads_with_the_bundle_pad_mode() -> None:
+    ir = np.full((30, 50), 200, np.uint8)
+    ir[-1] = 10  # the mirrored row under the image is the second last: 200, not 10
+    bgr = np.full((30, 50, 3), 255, np.uint8)
+    reflected = prepare_inputs(ir, bgr, bundle_for(16, "reflect_101"))
+    np.testing.assert_allclose(reflected.ir[0, 0, 30], 200 / 255.0, atol=1e-6)
+    np.testing.assert_allclose(reflected.visible_ycrcb[0, 0, 31, 60], 1.0, atol=1e-6)
+    black = prepare_inputs(ir, bgr, bundle_for(16, "constant"))
+    assert black.ir[0, 0, 30:].max() == 0.0 and black.ir[0, 0, :, 50:].max() == 0.0
+    # Black in YCrCb: Y 0, Cr and Cb 128.
+    np.testing.assert_allclose(
+        black.visible_ycrcb[0, :, 31, 60], np.array([0, 128, 128]) / 255.0, atol=1e-6
+    )
+    np.testing.assert_array_equal(black.ir[0, 0, :30, :50], reflected.ir[0, 0, :30, :50])
+
+
+def test_prepare_inputs_resizes_to_a_fixed_size_graph() -> None:
+    ir = np.tile(np.arange(40, dtype=np.uint8) * 6, (20, 1))
+    bgr = cv2.cvtColor(ir, cv2.COLOR_GRAY2BGR)
+    prepared = prepare_inputs(ir, bgr, bundle_for(8, fixed_hw=(32, 64)))
+    assert prepared.image_hw == (20, 40) and prepared.network_hw == (32, 64)
+    assert prepared.ir.shape == (1, 1, 32, 64)
+    expected = cv2.resize(ir, (64, 32), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(prepared.ir[0, 0], expected / 255.0, atol=1e-6)
+    assert prepared.visible_ycrcb_u8.shape == (32, 64, 3)
+
+
+def test_pad_to_multiple_rejects_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="pad mode"):
+        pad_to_multiple(np.zeros((5, 5), np.uint8), 4, "wrap")
+
+
 @pytest.mark.parametrize(
     ("ir", "bgr"),
     [
@@ -104,7 +157,7 @@ def test_prepare_inputs_layout_and_values() -> None:
 )
 def test_prepare_inputs_rejects_bad_arrays(ir: np.ndarray, bgr: np.ndarray) -> None:
     with pytest.raises(ValueError):
-        prepare_inputs(ir, bgr, 8)
+        prepare_inputs(ir, bgr, bundle_for(8))
 
 
 def test_fused_to_u8_crops_clips_and_rounds() -> None:

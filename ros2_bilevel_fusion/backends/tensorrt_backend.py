@@ -463,10 +463,13 @@ def _read_pair_for_calibration(
     size = (hw[1], hw[0])
     ir = cv2.resize(ir, size, interpolation=cv2.INTER_AREA)
     vi = cv2.resize(vi, size, interpolation=cv2.INTER_AREA)
+    from ros2_bilevel_fusion.core.bundle import InputSpec, ModelBundle
     from ros2_bilevel_fusion.core.processing import prepare_inputs
 
-    # hw is a multiple of the pad multiple (validate_profile), so padding is a no-op here.
-    prepared = prepare_inputs(ir, vi, 1)
+    # hw is a multiple of the pad multiple (validate_profile), so no padding is needed here:
+    # a bundle of the dynamic-size, unpadded contract stands in for the one being built.
+    unpadded = ModelBundle(name="calibration", onnx_path=ir_path, inputs=InputSpec(pad_multiple=1))
+    prepared = prepare_inputs(ir, vi, unpadded)
     return prepared.ir, prepared.visible_ycrcb
 
 

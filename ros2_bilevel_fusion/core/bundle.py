@@ -7,10 +7,12 @@ built from the ONNX on the target GPU and cached next to it (see ``backends/tens
 
 Graph convention (format_version 1), one ONNX graph holding every network:
 
-* inputs ``ir``: float32 ``[N, 1, H, W]`` in [0, 1] (8-bit thermal / 255 after gain control),
+* inputs ``ir``: float32 ``[N, 1, H, W]`` in [0, 1] (8-bit thermal / 255; 16-bit and float
+  thermal first go through the percentile stretch of ``preprocessing``),
   ``visible_ycrcb``: float32 ``[N, 3, H, W]`` in [0, 1], OpenCV's YCrCb (``cv2.COLOR_BGR2YCrCb``)
   / 255. H and W are dynamic and must be multiples of ``inputs.pad_multiple``; the runtime pads
-  (reflect) and crops outputs back.
+  (``preprocessing.pad_mode``) and crops outputs back. ``processing.prepare_inputs`` is the one
+  implementation of these rules.
 * outputs: ``fused_y`` ``[N, 1, H, W]`` in [0, 1]; if the bundle has a detector, one triple of raw
   head tensors per stride (see :class:`DetectionSpec`); if it has a segmenter, logits
   ``[N, C, H, W]``. The semantic networks inside the graph see the colour image made of the
@@ -28,6 +30,18 @@ import yaml
 
 FORMAT_VERSION = 1
 MODEL_YAML = "model.yaml"
+
+# Every default the runtime applies lives here, once. A key missing from model.yaml takes the
+# value below, so bundles written before a key existed behave exactly as they did then.
+DEFAULT_SCORE_THRESHOLD = 0.3
+DEFAULT_NMS_IOU = 0.5
+DEFAULT_MAX_DETECTIONS = 100
+# reflect_101: mirror without repeating the edge pixel (OpenCV BORDER_REFLECT_101, numpy
+# "reflect"); constant: black (IR 0, YCrCb (0, 128, 128)), as training pads its batches.
+PAD_MODES = ("reflect_101", "constant")
+DEFAULT_PAD_MODE = "reflect_101"
+DEFAULT_THERMAL_LOW_PERCENTILE = 1.0
+DEFAULT_THERMAL_HIGH_PERCENTILE = 99.0
 
 
 class BundleError(RuntimeError):
@@ -68,9 +82,42 @@ class DetectionSpec:
     classes: tuple[str, ...]
     levels: tuple[DetectionLevel, ...]
     box_encoding: str = "ltrb_stride"
-    score_threshold: float = 0.3
-    nms_iou: float = 0.5
-    max_detections: int = 100
+    # Defaults of the node's score_threshold / nms_iou / max_detections parameters.
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    nms_iou: float = DEFAULT_NMS_IOU
+    max_detections: int = DEFAULT_MAX_DETECTIONS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 <= self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
+        if int(self.max_detections) < 1:
+            raise ValueError(f"max_detections must be >= 1, got {self.max_detections}")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How camera images become graph inputs (model.yaml ``preprocessing``, optional).
+
+    ``thermal_*_percentile``: 16-bit and float thermal images are stretched to 8 bits between
+    these percentiles of each frame (the node's ``agc_*_percentile`` parameters default to
+    them). ``pad_mode``: how the bottom and right are padded to ``inputs.pad_multiple``.
+    """
+
+    pad_mode: str = DEFAULT_PAD_MODE
+    thermal_low_percentile: float = DEFAULT_THERMAL_LOW_PERCENTILE
+    thermal_high_percentile: float = DEFAULT_THERMAL_HIGH_PERCENTILE
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        low, high = self.thermal_low_percentile, self.thermal_high_percentile
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(
+                f"need 0 <= thermal_low_percentile < thermal_high_percentile <= 100, "
+                f"got {low}, {high}"
+            )
 
 
 @dataclass(frozen=True)
@@ -89,6 +136,7 @@ class ModelBundle:
     fused_name: str = "fused_y"
     detection: DetectionSpec | None = None
     segmentation: SegmentationSpec | None = None
+    preprocessing: PreprocessSpec = field(default_factory=PreprocessSpec)
     # Free-form: training config, data, git commit, metrics measured at export.
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -121,7 +169,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise BundleError(f"{where}: unknown keys {sorted(unknown)}")
     try:
         return cls(**{k: _as_tuple(v) for k, v in data.items()})
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise BundleError(f"{where}: {exc}") from exc
 
 
@@ -167,6 +215,9 @@ def load_bundle(path: str | Path) -> ModelBundle:
         fused_name=str(data.get("fused_name", "fused_y")),
         detection=detection,
         segmentation=segmentation,
+        preprocessing=_build(
+            PreprocessSpec, data.get("preprocessing") or {}, f"{yaml_path}: preprocessing"
+        ),
         provenance=dict(data.get("provenance") or {}),
         format_version=FORMAT_VERSION,
     )
@@ -193,6 +244,7 @@ def bundle_to_dict(bundle: ModelBundle) -> dict[str, Any]:
         "fused_name": bundle.fused_name,
         "detection": _plain(bundle.detection) if bundle.detection else None,
         "segmentation": _plain(bundle.segmentation) if bundle.segmentation else None,
+        "preprocessing": _plain(bundle.preprocessing),
         "provenance": _plain(bundle.provenance),
     }
 

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.core.bundle import ModelBundle
+from ros2_bilevel_fusion.core.bundle import (
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_NMS_IOU,
+    DEFAULT_SCORE_THRESHOLD,
+    ModelBundle,
+)
 from ros2_bilevel_fusion.core.processing import (
     Detections,
     blend,
@@ -31,11 +36,6 @@ from ros2_bilevel_fusion.core.registration import Registration
 if TYPE_CHECKING:  # the core only calls .infer(); backends sit one layer above it
     from ros2_bilevel_fusion.backends.base import InferenceBackend
 
-_DEFAULT_SCORE_THRESHOLD = 0.3
-_DEFAULT_NMS_IOU = 0.5
-_DEFAULT_MAX_DETECTIONS = 100
-
-
 @dataclass
 class PostprocessConfig:
     score_threshold: float
@@ -46,10 +46,10 @@ class PostprocessConfig:
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle) -> PostprocessConfig:
-        """Defaults from model.yaml (generic ones when the bundle has no detector)."""
+        """Values from model.yaml (the contract's defaults when the bundle has no detector)."""
         detection = bundle.detection
         if detection is None:
-            return cls(_DEFAULT_SCORE_THRESHOLD, _DEFAULT_NMS_IOU, _DEFAULT_MAX_DETECTIONS)
+            return cls(DEFAULT_SCORE_THRESHOLD, DEFAULT_NMS_IOU, DEFAULT_MAX_DETECTIONS)
         return cls(
             score_threshold=float(detection.score_threshold),
             nms_iou=float(detection.nms_iou),
@@ -115,17 +115,9 @@ class FusionPipeline:
             )
         image_hw = (int(visible_bgr.shape[0]), int(visible_bgr.shape[1]))
         registered_ir = self.registration.warp(ir_u8, image_hw)
-
-        # A graph exported for one fixed size: run it at that size and map results back.
-        fixed_hw = (int(bundle.inputs.height), int(bundle.inputs.width))
-        network_ir, network_visible = registered_ir, visible_bgr
-        if fixed_hw[0] > 0 and fixed_hw[1] > 0 and fixed_hw != image_hw:
-            size = (fixed_hw[1], fixed_hw[0])
-            network_ir = cv2.resize(registered_ir, size, interpolation=cv2.INTER_LINEAR)
-            network_visible = cv2.resize(visible_bgr, size, interpolation=cv2.INTER_LINEAR)
-        network_hw = (int(network_ir.shape[0]), int(network_ir.shape[1]))
-
-        prepared = prepare_inputs(network_ir, network_visible, bundle.inputs.pad_multiple)
+        # A graph exported for one fixed size runs at that size; results are mapped back below.
+        prepared = prepare_inputs(registered_ir, visible_bgr, bundle)
+        network_hw = prepared.network_hw
         infer_start = time.perf_counter()
         outputs = self.backend.infer(prepared.ir, prepared.visible_ycrcb)
         inference_ms = (time.perf_counter() - infer_start) * 1e3

@@ -1,8 +1,9 @@
 """Pre- and post-processing around the fusion graph: pure numpy/OpenCV, no ROS.
 
 Tensor conventions are those of the model bundle (see ``bundle.py``): inputs are padded at the
-bottom and right (reflect) to a multiple of ``inputs.pad_multiple``; every output is cropped
-back to the unpadded image.
+bottom and right (``preprocessing.pad_mode``) to a multiple of ``inputs.pad_multiple``; every
+output is cropped back to the unpadded image. :func:`prepare_inputs` is the one public
+preprocessing function: the node, ``fusion-eval`` and training's evaluation all call it.
 """
 
 from __future__ import annotations
@@ -14,43 +15,80 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.core.bundle import DetectionSpec
+from ros2_bilevel_fusion.core.bundle import DEFAULT_PAD_MODE, PAD_MODES, DetectionSpec, ModelBundle
 
 # Candidates kept per level before NMS: bounds NMS cost when a head fires everywhere.
 PRE_NMS_TOP_K = 1000
 
 
-def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """Reflect-pad an HxW or HxWxC image at the bottom and right to a multiple of ``multiple``.
+def pad_to_multiple(
+    image: np.ndarray,
+    multiple: int,
+    mode: str = DEFAULT_PAD_MODE,
+    value: float | tuple[float, ...] = 0,
+) -> np.ndarray:
+    """Pad an HxW or HxWxC image at the bottom and right to a multiple of ``multiple``.
 
-    Returns ``image`` itself when no padding is needed. Reflection excludes the edge pixel
-    (OpenCV BORDER_REFLECT_101, numpy "reflect"); padding larger than the image repeats it.
+    Returns ``image`` itself when no padding is needed. ``mode`` is one of
+    ``bundle.PAD_MODES``: ``reflect_101`` mirrors without repeating the edge pixel (OpenCV
+    BORDER_REFLECT_101, numpy "reflect"; padding larger than the image repeats the mirror, a
+    1-pixel side repeats its pixel); ``constant`` fills with ``value`` (a scalar or one value
+    per channel).
     """
     if multiple < 1:
         raise ValueError(f"multiple must be >= 1, got {multiple}")
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
     height, width = image.shape[:2]
     pad_bottom = -height % multiple
     pad_right = -width % multiple
     if pad_bottom == 0 and pad_right == 0:
         return image
+    if mode == "constant":
+        fill = value if isinstance(value, tuple) else (value,) * 4
+        return cv2.copyMakeBorder(
+            image, 0, pad_bottom, 0, pad_right, cv2.BORDER_CONSTANT, value=fill
+        )
     if height > pad_bottom and width > pad_right:
         return cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REFLECT_101)
     # Tiny images (smaller than the padding): numpy reflects repeatedly, OpenCV may not.
     pad = [(0, pad_bottom), (0, pad_right)] + [(0, 0)] * (image.ndim - 2)
-    mode = "reflect" if height > 1 and width > 1 else "edge"
-    return np.pad(image, pad, mode=mode)
+    numpy_mode = "reflect" if height > 1 and width > 1 else "edge"
+    return np.pad(image, pad, mode=numpy_mode)
 
 
 @dataclass
 class PreparedInputs:
     ir: np.ndarray  # float32 [1, 1, Hp, Wp] in [0, 1]
     visible_ycrcb: np.ndarray  # float32 [1, 3, Hp, Wp] in [0, 1]
-    visible_ycrcb_u8: np.ndarray  # uint8 HxWx3, unpadded, for the colour restore
-    image_hw: tuple[int, int]  # (H, W) before padding
+    visible_ycrcb_u8: np.ndarray  # uint8 HnxWnx3, unpadded, network size, for the colour restore
+    image_hw: tuple[int, int]  # (H, W) of the images given
+    network_hw: tuple[int, int]  # (Hn, Wn) the graph sees before padding: outputs' crop size
 
 
-def prepare_inputs(ir_u8: np.ndarray, visible_bgr: np.ndarray, multiple: int) -> PreparedInputs:
-    """Build the graph inputs; ``ir_u8`` must already be in the visible image's geometry."""
+# YCrCb of black: what "constant" padding puts under the visible image.
+_BLACK_YCRCB = (0.0, 128.0, 128.0)
+
+
+def prepare_inputs(
+    ir_u8: np.ndarray, visible_bgr: np.ndarray, bundle: ModelBundle
+) -> PreparedInputs:
+    """The runtime's preprocessing: one IR + visible pair -> the graph's padded inputs.
+
+    ``ir_u8``: uint8 HxW thermal, already in the visible image's geometry (registered) and
+    already 8-bit (16-bit/float thermal goes through the percentile stretch of
+    ``bundle.preprocessing`` first, ``messages.codec.AutoGain``). ``visible_bgr``: uint8 HxWx3
+    BGR of the same size.
+
+    Steps, all from ``bundle``: a graph exported for a fixed size (``inputs.height/width``)
+    gets both images resized (bilinear) to that size; the visible image becomes OpenCV YCrCb;
+    both are padded at the bottom and right to ``inputs.pad_multiple`` with
+    ``preprocessing.pad_mode`` and scaled by 1/255 into float32 NCHW tensors. Crop the graph's
+    outputs to ``network_hw`` (then resize to ``image_hw`` if they differ). Raises ValueError
+    for arrays of the wrong type or shape.
+    """
+    ir_u8 = np.asarray(ir_u8)
+    visible_bgr = np.asarray(visible_bgr)
     if ir_u8.dtype != np.uint8 or ir_u8.ndim != 2:
         raise ValueError(f"IR must be uint8 HxW, got {ir_u8.dtype} {ir_u8.shape}")
     if visible_bgr.dtype != np.uint8 or visible_bgr.ndim != 3 or visible_bgr.shape[2] != 3:
@@ -63,9 +101,18 @@ def prepare_inputs(ir_u8: np.ndarray, visible_bgr: np.ndarray, multiple: int) ->
         )
     if ir_u8.size == 0:
         raise ValueError("empty image")
+    image_hw = (int(ir_u8.shape[0]), int(ir_u8.shape[1]))
+    fixed_hw = (int(bundle.inputs.height), int(bundle.inputs.width))
+    if fixed_hw[0] > 0 and fixed_hw[1] > 0 and fixed_hw != image_hw:
+        size = (fixed_hw[1], fixed_hw[0])
+        ir_u8 = cv2.resize(ir_u8, size, interpolation=cv2.INTER_LINEAR)
+        visible_bgr = cv2.resize(visible_bgr, size, interpolation=cv2.INTER_LINEAR)
+    network_hw = (int(ir_u8.shape[0]), int(ir_u8.shape[1]))
+    multiple = bundle.inputs.pad_multiple
+    mode = bundle.preprocessing.pad_mode
     ycrcb = cv2.cvtColor(visible_bgr, cv2.COLOR_BGR2YCrCb)
-    ir_padded = pad_to_multiple(ir_u8, multiple)
-    ycrcb_padded = pad_to_multiple(ycrcb, multiple)
+    ir_padded = pad_to_multiple(ir_u8, multiple, mode, 0)
+    ycrcb_padded = pad_to_multiple(ycrcb, multiple, mode, _BLACK_YCRCB)
     scale = np.float32(1.0 / 255.0)
     padded_hw = ir_padded.shape
     ir_tensor = np.empty((1, 1, *padded_hw), np.float32)
@@ -78,7 +125,8 @@ def prepare_inputs(ir_u8: np.ndarray, visible_bgr: np.ndarray, multiple: int) ->
         ir=ir_tensor,
         visible_ycrcb=ycrcb_tensor,
         visible_ycrcb_u8=ycrcb,
-        image_hw=(int(ir_u8.shape[0]), int(ir_u8.shape[1])),
+        image_hw=image_hw,
+        network_hw=network_hw,
     )
 
 
