@@ -245,12 +245,23 @@ def test_nms_is_class_aware_and_keeps_the_best() -> None:
     assert len(decode(outputs, threshold=0.1, iou=0.7, max_det=2)) == 2
 
 
-def test_nms_function_directly() -> None:
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
-    scores = np.array([0.5, 0.9, 0.7], np.float32)
-    assert nms(boxes, scores, 0.5, 10).tolist() == [1, 2]
-    assert nms(boxes, scores, 0.5, 1).tolist() == [1]
-    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5, 10).tolist() == []
+@pytest.mark.parametrize("opencv_batched", [True, False])
+def test_nms_function_directly(opencv_batched: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not opencv_batched:  # OpenCV < 4.7 has no NMSBoxesBatched: the NMSBoxes path
+        monkeypatch.delattr(cv2.dnn, "NMSBoxesBatched", raising=False)
+    boxes = np.array(
+        [[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [1, 1, 11, 11]], np.float32
+    )
+    scores = np.array([0.5, 0.9, 0.7, 0.9], np.float32)
+    classes = np.array([0, 0, 0, 1])
+    # IoU(0, 1) = 81 / 119 = 0.68: suppressed at 0.5, kept at 0.7; the class-1 twin of box 1
+    # survives (class-aware) and, tied on score, comes after it (input order).
+    assert nms(boxes, scores, classes, 0.5, 10).tolist() == [1, 3, 2]
+    assert nms(boxes, scores, classes, 0.7, 10).tolist() == [1, 3, 2, 0]
+    assert nms(boxes, scores, np.zeros(4, np.int64), 0.5, 10).tolist() == [1, 2]
+    assert nms(boxes, scores, classes, 0.5, 1).tolist() == [1]
+    empty = nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0), 0.5, 10)
+    assert empty.tolist() == [] and empty.dtype == np.int64
 
 
 def test_pre_nms_top_k_bounds_candidates() -> None:

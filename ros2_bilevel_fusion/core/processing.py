@@ -197,23 +197,35 @@ def _level_array(outputs: Mapping[str, np.ndarray], name: str, channels: int | N
     return array[0]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int) -> np.ndarray:
-    """Greedy NMS on xyxy boxes (continuous coordinates: area = w * h); indices, best first."""
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    keep: list[int] = []
-    while order.size and len(keep) < max_keep:
-        best = order[0]
-        keep.append(int(best))
-        rest = order[1:]
-        inter_w = np.maximum(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0)
-        inter_h = np.maximum(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0)
-        inter = inter_w * inter_h
-        union = areas[best] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    iou_threshold: float,
+    max_keep: int,
+) -> np.ndarray:
+    """Class-aware greedy NMS (OpenCV ``cv2.dnn.NMSBoxesBatched``); indices, best first.
+
+    ``boxes`` are xyxy in continuous coordinates (area = w * h). A box is suppressed by a
+    better-scored kept box of the same class when their IoU is above ``iou_threshold``; equal
+    scores keep their input order (a stable sort). Only scores > 0 are candidates (every
+    decoded score is). At most ``max_keep`` indices are returned.
+    """
+    if scores.size == 0 or max_keep < 1:
+        return np.zeros(0, np.int64)
+    xywh = np.asarray(boxes, np.float64).copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    batched = getattr(cv2.dnn, "NMSBoxesBatched", None)
+    class_ids = np.asarray(class_ids, np.int32)
+    scores = np.asarray(scores, np.float32)
+    if batched is not None:
+        keep = batched(xywh, scores, class_ids, 0.0, float(iou_threshold))
+    else:  # OpenCV < 4.7: what NMSBoxesBatched does, one disjoint coordinate range per class
+        offset = class_ids.astype(np.float64) * (float(np.max(boxes[:, 2:])) + 1.0)
+        xywh[:, :2] += offset[:, None]
+        keep = cv2.dnn.NMSBoxes(xywh, scores, 0.0, float(iou_threshold))
+    # top_k is not passed: OpenCV 4.x applies it to the candidates, not to the kept boxes.
+    return np.asarray(keep, np.int64).reshape(-1)[:max_keep]
 
 
 def decode_detections(
@@ -287,9 +299,7 @@ def decode_detections(
     boxes, scores, class_ids = boxes[valid], scores[valid], class_ids[valid]
     if scores.size == 0:
         return Detections.empty()
-    # Class-aware NMS in one pass: shift each class into its own disjoint coordinate range.
-    offset = (class_ids.astype(np.float32) * (max(height, width) + 1.0))[:, None]
-    keep = nms(boxes + offset, scores, nms_iou, max_detections)
+    keep = nms(boxes, scores, class_ids, nms_iou, max_detections)
     return Detections(boxes=boxes[keep], scores=scores[keep], class_ids=class_ids[keep])
 
 
