@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ros2_bilevel_fusion.evaluation import evaluate, metrics
+from ros2_bilevel_fusion.evaluation import bag_mode, evaluate, folder, metrics
 
 TNO_NAMES = ("01.png", "02.png", "03.png")
 
@@ -62,13 +62,13 @@ def test_folder_mode_on_tno_with_the_fixture_bundle(fixture_bundle, tno_subset, 
     rows = _read_csv(out / "per_image.csv")
     methods = sorted({row["method"] for row in rows})
     assert methods == sorted(
-        ["fixture (model)", *(evaluate.BASELINE_LABELS[n] for n in ("mean", "max", "laplacian"))]
+        ["fixture (model)", *(folder.BASELINE_LABELS[n] for n in ("mean", "max", "laplacian"))]
     )
     assert len(rows) == 4 * len(TNO_NAMES)
 
     # The model row equals the max baseline (fixture fused = max(IR, Y)), image by image.
     model_rows = {r["name"]: r for r in rows if r["method"] == "fixture (model)"}
-    max_rows = {r["name"]: r for r in rows if r["method"] == evaluate.BASELINE_LABELS["max"]}
+    max_rows = {r["name"]: r for r in rows if r["method"] == folder.BASELINE_LABELS["max"]}
     assert sorted(model_rows) == list(TNO_NAMES)
     for name in TNO_NAMES:
         for metric in metrics.METRIC_NAMES:
@@ -100,11 +100,18 @@ def test_folder_mode_on_tno_with_the_fixture_bundle(fixture_bundle, tno_subset, 
         saved_colour = cv2.imread(str(out / "fused_color" / name), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(saved_colour, expected.fused_bgr)
 
-    # Evaluating the saved files gives the same numbers as the in-memory run.
-    file_rows, _ = metrics.evaluate_folder(out / "fused", ir_dir, vi_dir)
-    for row in file_rows:
+    # Scoring the saved files through the one folder loop gives the same numbers as the run.
+    pairs = folder.find_folder_pairs(ir_dir, vi_dir)
+    saved_fused = iter([out / "fused" / pair.name for pair in pairs])
+
+    def read_saved(ir_u8, visible_bgr):
+        return folder.PairOutput(fused_y=cv2.imread(str(next(saved_fused)), cv2.IMREAD_GRAYSCALE))
+
+    from_files = folder.score_pairs(pairs, read_saved, method="saved")
+    assert [row["name"] for row in from_files.rows] == list(TNO_NAMES)
+    for row in from_files.rows:
         for metric in metrics.METRIC_NAMES:
-            assert row[metric] == pytest.approx(float(model_rows[row["name"]][metric]), rel=1e-9)
+            assert row[metric] == float(model_rows[row["name"]][metric]), (row["name"], metric)
 
 
 def test_folder_mode_detection_and_segmentation_on_msrs(fixture_bundle, shared_data, tmp_path):
@@ -191,19 +198,19 @@ def test_folder_mode_errors_are_messages_not_tracebacks(tmp_path, tno_subset):
 
 def test_mask_map_and_labels() -> None:
     mask = np.array([[0, 255, 7]], dtype=np.uint8)
-    labels = evaluate.mask_to_labels(mask, evaluate.parse_mask_map("255:1"), num_classes=4)
+    labels = folder.mask_to_labels(mask, folder.parse_mask_map("255:1"), num_classes=4)
     assert labels.tolist() == [[0, 1, 255]]  # 7 is no class of a 4-class head: ignored
-    with pytest.raises(evaluate.EvaluationError):
-        evaluate.parse_mask_map("255-1")
+    with pytest.raises(folder.EvaluationError):
+        folder.parse_mask_map("255-1")
 
 
-def _synthetic_frames(count: int, jitter: bool) -> list[evaluate.BagFrame]:
+def _synthetic_frames(count: int, jitter: bool) -> list[bag_mode.BagFrame]:
     """Synthetic bag frames at 10 Hz, header stamps 2 ms before record times, optional jitter."""
     start = 1_700_000_000_000_000_000
     jitter_ns = [0, 310_000, -270_000, 120_000, -450_000, 80_000] if jitter else [0] * 6
     image = np.zeros((2, 2, 3), np.uint8)
     return [
-        evaluate.BagFrame(
+        bag_mode.BagFrame(
             start + k * 100_000_000 + jitter_ns[k] - 2_000_000,
             start + k * 100_000_000 + jitter_ns[k],
             image,
@@ -216,29 +223,29 @@ def _synthetic_frames(count: int, jitter: bool) -> list[evaluate.BagFrame]:
 def test_published_stamps_are_matched_to_bag_frames(rate) -> None:
     frames = _synthetic_frames(6, jitter=True)
     wall_start = 1_800_000_000_123_456_789
-    expected_restamps = evaluate.expected_restamps_ns(frames, rate)
+    expected_restamps = bag_mode.expected_restamps_ns(frames, rate)
     restamped = [wall_start + round(e) for e in expected_restamps]
     published = [restamped[1], restamped[4], restamped[5]]
     expected = {restamped[1]: 1, restamped[4]: 4, restamped[5]: 5}
     # Recorder saw every input: exact lookup.
-    assert evaluate.match_published_to_bag(published, restamped, expected_restamps) == expected
+    assert bag_mode.match_published_to_bag(published, restamped, expected_restamps) == expected
     # Recorder missed the first two inputs and one in the middle: alignment search.
     seen = [restamped[2], restamped[3], restamped[5]]
-    assert evaluate.match_published_to_bag(published, seen, expected_restamps) == expected
+    assert bag_mode.match_published_to_bag(published, seen, expected_restamps) == expected
     # A stamp that belongs to no frame is left out.
-    assert evaluate.match_published_to_bag([wall_start + 7], seen, expected_restamps) == {}
+    assert bag_mode.match_published_to_bag([wall_start + 7], seen, expected_restamps) == {}
 
 
 def test_periodic_bag_with_missed_inputs_is_not_guessed() -> None:
     frames = _synthetic_frames(6, jitter=False)
-    expected_restamps = evaluate.expected_restamps_ns(frames, 1.0)
+    expected_restamps = bag_mode.expected_restamps_ns(frames, 1.0)
     restamped = [1_800_000_000_000_000_000 + round(e) for e in expected_restamps]
     seen = [restamped[2], restamped[3], restamped[5]]
-    assert evaluate.match_published_to_bag([restamped[4]], seen, expected_restamps) == {}
+    assert bag_mode.match_published_to_bag([restamped[4]], seen, expected_restamps) == {}
 
 
 def test_sidecar_and_detection_json_conversions() -> None:
-    truth = evaluate.sidecar_to_truth([{"class": 2, "cx": 50.0, "cy": 40.0, "w": 20.0, "h": 10.0}])
+    truth = bag_mode.sidecar_to_truth([{"class": 2, "cx": 50.0, "cy": 40.0, "w": 20.0, "h": 10.0}])
     assert truth["boxes"].tolist() == [[40.0, 35.0, 60.0, 45.0]] and truth["labels"].tolist() == [2]
     payload = {
         "stamp": {"sec": 1, "nanosec": 2},
@@ -251,7 +258,7 @@ def test_sidecar_and_detection_json_conversions() -> None:
             }
         ],
     }
-    entry = evaluate.detection_json_to_entry(payload)
+    entry = bag_mode.detection_json_to_entry(payload)
     assert entry["boxes"].tolist() == [[1.0, 2.0, 3.0, 4.0]]
     assert entry["labels"].tolist() == [1] and entry["scores"].tolist() == [0.5]
 
@@ -276,7 +283,7 @@ def test_bag_mode_on_a_tiny_real_bag(fixture_bundle, shared_data, tmp_path) -> N
     assert summary["fused_published"] >= 1
     assert summary["fused_matched_to_inputs"] == summary["fused_published"]
     node = summary["means"]["node (published)"]
-    maximum = summary["means"][evaluate.BASELINE_LABELS["max"]]
+    maximum = summary["means"][folder.BASELINE_LABELS["max"]]
     # Fixture fused = max(IR, Y); published as colour and read back as grey: equal within
     # the YCrCb round trip's rounding.
     for metric in ("EN", "SD", "SF", "MI", "VIF", "Qabf"):
@@ -317,3 +324,65 @@ def test_folder_mode_score_threshold_overrides_the_bundle(fixture_bundle, shared
         detection = json.loads((out / "summary.json").read_text())["detection"]
         counts[threshold] = detection["num_predictions"]
     assert counts["0.0"] > counts["0.999"]
+
+
+def test_the_folder_loop_takes_any_per_pair_callable(tno_subset) -> None:
+    """score_pairs with a plain callable (as training passes its model): max(IR, Y) must score
+    exactly as the max baseline; the loop times the call, reports each output and can shrink
+    the inputs first."""
+    ir_dir, vi_dir = tno_subset
+    pairs = folder.find_folder_pairs(ir_dir, vi_dir)
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def run_pair(ir_u8, visible_bgr):
+        assert ir_u8.ndim == 2 and visible_bgr.ndim == 3 and max(visible_bgr.shape) <= 128
+        fused = np.maximum(ir_u8, folder.visible_luma(visible_bgr))
+        return folder.PairOutput(fused_y=fused)
+
+    result = folder.score_pairs(
+        pairs,
+        run_pair,
+        method="max via callable",
+        with_baselines=True,
+        max_side=128,
+        on_output=lambda pair, output: seen.append((pair.name, output.fused_y.shape)),
+    )
+    assert [name for name, _ in seen] == list(TNO_NAMES)
+    assert all(max(shape) == 128 for _, shape in seen)
+    assert result.images == len(TNO_NAMES) and not result.skipped
+    assert set(result.timing) == {"total_ms"} and result.timing["total_ms"]["count"] == 3
+    ours = result.means["max via callable"]
+    baseline = result.means[folder.BASELINE_LABELS["max"]]
+    assert ours == baseline
+    assert len(result.samples) == len(TNO_NAMES)
+
+
+def test_the_folder_loop_scores_detections_against_labels(shared_data) -> None:
+    """A callable that returns the ground-truth boxes scores mAP 1; one that returns none, 0."""
+    from ros2_bilevel_fusion.core.processing import Detections
+    from ros2_bilevel_fusion.evaluation.semantic_metrics import yolo_to_xyxy
+
+    msrs = shared_data / "msrs"
+    labels_dir = msrs / "labels" / "fusion"
+    pairs = folder.find_folder_pairs(msrs / "ir", msrs / "vi", limit=3)
+    classes = ["person", "bicycle", "car"]
+    truth_by_stem = iter([labels_dir / f"{pair.stem}.txt" for pair in pairs])
+
+    def perfect(ir_u8, visible_bgr):
+        height, width = visible_bgr.shape[:2]
+        truth = yolo_to_xyxy(next(truth_by_stem).read_text().splitlines(), width, height)
+        detections = Detections(
+            truth["boxes"].astype(np.float32),
+            np.ones(len(truth["labels"]), np.float32),
+            truth["labels"].astype(np.int64),
+        )
+        return folder.PairOutput(fused_y=folder.visible_luma(visible_bgr), detections=detections)
+
+    def blind(ir_u8, visible_bgr):
+        return folder.PairOutput(fused_y=folder.visible_luma(visible_bgr), detections=None)
+
+    scored = folder.score_pairs(pairs, perfect, labels_dir=labels_dir, detection_classes=classes)
+    assert scored.detection["labelled_images"] == 3 and scored.detection["num_ground_truths"] > 0
+    assert scored.detection["mAP50"] == pytest.approx(1.0)
+    missed = folder.score_pairs(pairs, blind, labels_dir=labels_dir, detection_classes=classes)
+    assert missed.detection["num_predictions"] == 0 and missed.detection["mAP50"] == 0.0

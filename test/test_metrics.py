@@ -160,16 +160,18 @@ def test_mean_metrics_skips_undefined_values() -> None:
     assert metrics.mean_metrics(rows, ["PSNR", "EN"]) == {"PSNR": 20.0, "EN": 2.0}
 
 
-def test_real_tno_pairs_max_fusion_against_its_sources(shared_data, tmp_path) -> None:
+def test_real_tno_pairs_max_fusion_against_its_sources(shared_data) -> None:
+    from ros2_bilevel_fusion.evaluation import folder
+
     ir_dir, vis_dir = shared_data / "tno" / "ir", shared_data / "tno" / "vi"
-    fused_dir = tmp_path / "fused"
-    fused_dir.mkdir()
+    pairs = folder.find_folder_pairs(ir_dir, vis_dir, limit=2)
     names = sorted(p.name for p in ir_dir.iterdir())[:2]
-    for name in names:
-        ir = cv2.imread(str(ir_dir / name), cv2.IMREAD_GRAYSCALE)
-        vis = cv2.imread(str(vis_dir / name), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(fused_dir / name), np.maximum(ir, vis))
-    rows, mean = metrics.evaluate_folder(fused_dir, ir_dir, vis_dir)
+
+    def max_fusion(ir_u8: np.ndarray, visible_bgr: np.ndarray) -> folder.PairOutput:
+        return folder.PairOutput(np.maximum(ir_u8, cv2.cvtColor(visible_bgr, cv2.COLOR_BGR2GRAY)))
+
+    result = folder.score_pairs(pairs, max_fusion, method="max")
+    rows, mean = result.rows, result.means["max"]
     assert [row["name"] for row in rows] == names
     for row in rows:
         ir = metrics.to_gray_float(cv2.imread(str(ir_dir / row["name"])))

@@ -437,31 +437,3 @@ def read_u8(path: str | Path, grey: bool) -> np.ndarray:
     if image is None:
         raise MetricInputError(f"cannot read image {path}")
     return image
-
-
-def evaluate_folder(
-    fused_dir: str | Path,
-    ir_dir: str | Path,
-    vis_dir: str | Path,
-    names: Iterable[str] | None = None,
-) -> tuple[list[dict], dict[str, float]]:
-    """Metrics of every fused image in ``fused_dir`` against the same-named IR and visible images.
-
-    Images are read unchanged as 8-bit and converted with :func:`to_gray_float` (colour read as
-    BGR). Returns (rows, mean): one dict per image with ``name`` and each metric, and the
-    per-metric mean (see :func:`mean_metrics`). Fused images without both sources are errors.
-    """
-    selected = list(METRIC_NAMES if names is None else names)
-    rows: list[dict] = []
-    for fused_path in list_images(fused_dir):
-        ir_path = find_pair_file(Path(ir_dir), fused_path.name)
-        vis_path = find_pair_file(Path(vis_dir), fused_path.name)
-        if ir_path is None or vis_path is None:
-            raise MetricInputError(f"no infrared/visible pair for {fused_path.name}")
-        triple = [read_u8(path, grey=False) for path in (fused_path, ir_path, vis_path)]
-        row: dict = {"name": fused_path.name}
-        row.update(fusion_metrics(*triple, names=selected))
-        rows.append(row)
-    if not rows:
-        raise MetricInputError(f"no images in {fused_dir}")
-    return rows, mean_metrics(rows, selected)

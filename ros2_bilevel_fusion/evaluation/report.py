@@ -1,4 +1,5 @@
-"""Report helpers for ``fusion-eval`` and the benchmarks: markdown tables, CSV, figures.
+"""Report writing for ``fusion-eval`` and the benchmarks: markdown tables, CSV, figures, and
+the folder and bag reports (``summary.md`` / ``report.md``, CSVs, ``summary.json``, PNGs).
 
 No ROS and no torch; matplotlib (Agg) only for the latency histogram.
 """
@@ -6,14 +7,19 @@ No ROS and no torch; matplotlib (Agg) only for the latency histogram.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from ros2_bilevel_fusion.evaluation.metrics import CONVENTIONS, METRIC_NAMES
+
+if TYPE_CHECKING:
+    from ros2_bilevel_fusion.evaluation.folder import FolderResult
 
 #: CDDFuse (CVPR 2023) on the same 25 TNO pairs, as published (../shared/data/README.md).
 #: A literature figure, never a measurement of ours; printed only when evaluating TNO.
@@ -150,3 +156,172 @@ def save_histogram(
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+# --------------------------------------------------------------------------- fusion-eval reports
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` default: numpy scalars and arrays as Python values, anything else as str."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def detection_markdown(detection: dict) -> str:
+    per_class = ", ".join(
+        f"{name} {format_value(ap)}" for name, ap in detection["per_class_AP50"].items()
+    )
+    return (
+        "## Detection (COCO protocol, pycocotools)\n\n"
+        f"{detection['labelled_images']} labelled images, {detection['num_ground_truths']} "
+        f"ground-truth boxes, {detection['num_predictions']} predictions.\n\n"
+        f"mAP@0.5 **{format_value(detection['mAP50'])}**, "
+        f"mAP@0.5:0.95 **{format_value(detection['mAP50_95'])}**. "
+        f"AP@0.5 per class: {per_class} (n/a: no ground truth of that class).\n"
+    )
+
+
+def segmentation_markdown(segmentation: dict) -> str:
+    per_class = ", ".join(
+        f"{name} {format_value(iou)}"
+        for name, iou in zip(segmentation["classes"], segmentation["per_class_iou"], strict=True)
+    )
+    return (
+        "## Segmentation\n\n"
+        f"mIoU **{format_value(segmentation['mIoU'])}** (over classes present in ground "
+        "truth or prediction), mAcc "
+        f"{format_value(segmentation['mAcc'])}, pixel accuracy "
+        f"{format_value(segmentation['pixel_acc'])}. IoU per class: {per_class}.\n"
+    )
+
+
+def folder_markdown(result: FolderResult, published: dict | None) -> str:
+    """``summary.md`` of a folder evaluation."""
+    skipped = f" ({len(result.skipped)} unreadable, skipped)" if result.skipped else ""
+    parts = [
+        f"# fusion-eval: {result.model_name}, {result.images} image pairs{skipped}\n",
+        "## Fusion metrics (mean over images)\n",
+        fusion_table(result.means, published),
+    ]
+    if result.timing:
+        parts += [
+            "## Time per frame in ms (pipeline on this machine)\n",
+            markdown_table(
+                [{"stage": stage, **values} for stage, values in result.timing.items()],
+                ["stage", "p50", "p95", "mean", "max", "count"],
+                digits=1,
+            )
+            + "\n",
+        ]
+    if result.detection is not None:
+        parts.append(detection_markdown(result.detection))
+    if result.segmentation is not None:
+        parts.append(segmentation_markdown(result.segmentation))
+    return "\n".join(parts)
+
+
+def write_folder_report(out_dir: Path, result: FolderResult, published: dict | None) -> str:
+    """per_image.csv, samples.png, summary.md and summary.json of a folder evaluation into
+    ``out_dir``; returns the markdown. ``published``: literature rows shown under the measured
+    ones (label -> metric -> value), or None."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["method", "name", *METRIC_NAMES, "inference_ms", "total_ms"]
+    write_csv(out_dir / "per_image.csv", result.rows, columns)
+    if result.samples:
+        save_sample_grid(out_dir / "samples.png", result.samples)
+    markdown = folder_markdown(result, published)
+    (out_dir / "summary.md").write_text(markdown)
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "model": result.model_name,
+                "images": result.images,
+                "skipped": result.skipped,
+                "means": result.means,
+                "timing": result.timing,
+                "detection": result.detection,
+                "segmentation": result.segmentation,
+                "published_reference": published,
+                "conventions": CONVENTIONS,
+            },
+            indent=1,
+            default=json_default,
+        )
+    )
+    return markdown
+
+
+def bag_markdown(summary: dict[str, Any]) -> str:
+    """``report.md`` of a bag evaluation (the summary dict of ``summary.json``)."""
+    latency = summary["latency_ms"]
+    drops = summary["drops_by_reason"] or {}
+    parts = [
+        f"# fusion-eval bag: {summary['bag']}\n",
+        f"Model {summary['model'] or '(node default)'}, backend {summary['backend']}.\n",
+        "## Throughput and latency (live node, this machine)\n",
+        markdown_table(
+            [
+                {"quantity": "input pairs published", "value": summary["input_pairs_published"]},
+                {"quantity": "fused images published", "value": summary["fused_published"]},
+                {
+                    "quantity": "fused matched to bag frames",
+                    "value": summary["fused_matched_to_inputs"],
+                },
+                {"quantity": "throughput (fused/s)", "value": summary["throughput_pairs_per_s"]},
+                {"quantity": "latency p50 (ms)", "value": latency["p50"]},
+                {"quantity": "latency p95 (ms)", "value": latency["p95"]},
+                {"quantity": "latency max (ms)", "value": latency["max"]},
+                {"quantity": "inference p50 (ms, node)", "value": summary["inference_ms_p50"]},
+                {"quantity": "inference p95 (ms, node)", "value": summary["inference_ms_p95"]},
+            ],
+            ["quantity", "value"],
+            digits=1,
+        ),
+        "\nLatency: fused image receive time minus its header stamp (the replayer stamps inputs "
+        "with their wall-clock publish time); histogram in latency_hist.png.\n",
+        "Drops by reason (node diagnostics): "
+        + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none reported")
+        + "\n",
+        "## Fusion metrics of the published fused images (mean over frames)\n",
+        fusion_table(summary["means"]) if summary["means"] else "no frames matched\n",
+        "Bag mode scores the grey levels of the published (colour-restored) image, so values "
+        "can differ slightly from folder mode, which scores the fused Y.\n",
+    ]
+    if summary["detection"] is not None:
+        parts.append(detection_markdown(summary["detection"]))
+    parts.append(f"Detection: {summary['detection_note']}.\n")
+    parts.append(
+        "Segmentation: the label side-car carries boxes only, so bag mode reports no "
+        "segmentation scores (use folder mode with --masks).\n"
+    )
+    return "\n".join(parts)
+
+
+def write_bag_report(
+    out_dir: Path,
+    summary: dict[str, Any],
+    rows: Sequence[Mapping[str, object]],
+    samples: Sequence[Sequence[tuple[str, np.ndarray]]],
+    latency_ms: Sequence[float],
+) -> str:
+    """latency_hist.png, samples.png, per_frame.csv, summary.json and report.md of a bag
+    evaluation into ``out_dir``; returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if latency_ms:
+        save_histogram(
+            out_dir / "latency_hist.png",
+            latency_ms,
+            "camera publish -> fused received",
+            "latency (ms)",
+        )
+    if samples:
+        save_sample_grid(out_dir / "samples.png", samples)
+    columns = ["method", "frame", "visible_stamp_ns", "latency_ms", *METRIC_NAMES]
+    write_csv(out_dir / "per_frame.csv", rows, columns)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=json_default))
+    markdown = bag_markdown(summary)
+    (out_dir / "report.md").write_text(markdown)
+    return markdown
