@@ -4,8 +4,10 @@
         visible_topic:=/camera/image_raw backend:=onnxruntime rviz:=true
 
 Arguments: backend, bundle, params_file, ir_topic, visible_topic, namespace, use_sim_time, rviz.
-The camera topics are connected by remapping the node's relative inputs ``ir/image`` and
-``visible/image``; ``backend`` and ``bundle`` override the parameter file.
+The camera topics are connected by remapping the node's relative inputs (the ``ir_topic`` and
+``visible_topic`` parameter defaults); ``backend`` and ``bundle`` override the parameter file.
+Their defaults and descriptions come from the node's parameter table (``node/parameters.py``),
+whose backend choices are ``backends.BACKEND_KINDS``.
 """
 
 from __future__ import annotations
@@ -18,27 +20,41 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 from ros2_bilevel_fusion.core.resources import share_dir
+from ros2_bilevel_fusion.node.parameters import SPECS
 
 PACKAGE = "ros2_bilevel_fusion"
 
 
 def generate_launch_description() -> LaunchDescription:
     share = share_dir()
+    # The node's own (relative) input names; the topic arguments remap them.
+    ir_input = SPECS["ir_topic"].default
+    visible_input = SPECS["visible_topic"].default
     arguments = [
         DeclareLaunchArgument(
-            "backend", default_value="auto", description="auto|tensorrt|onnxruntime|torch"
+            "backend",
+            default_value=SPECS["backend"].default,
+            description=SPECS["backend"].description,
         ),
         DeclareLaunchArgument(
-            "bundle", default_value="", description="Model bundle folder ('' = shipped default)"
+            "bundle",
+            default_value=SPECS["bundle_path"].default,
+            description=SPECS["bundle_path"].description,
         ),
         DeclareLaunchArgument(
             "params_file",
             default_value=str(share / "config" / "fusion.yaml"),
             description="fusion_node parameter file",
         ),
-        DeclareLaunchArgument("ir_topic", default_value="ir/image", description="IR image topic"),
         DeclareLaunchArgument(
-            "visible_topic", default_value="visible/image", description="Visible image topic"
+            "ir_topic",
+            default_value=ir_input,
+            description=f"IR image topic (the node's {ir_input} is remapped to it)",
+        ),
+        DeclareLaunchArgument(
+            "visible_topic",
+            default_value=visible_input,
+            description=f"Visible image topic (the node's {visible_input} is remapped to it)",
         ),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
         DeclareLaunchArgument(
@@ -64,8 +80,8 @@ def generate_launch_description() -> LaunchDescription:
             },
         ],
         remappings=[
-            ("ir/image", LaunchConfiguration("ir_topic")),
-            ("visible/image", LaunchConfiguration("visible_topic")),
+            (ir_input, LaunchConfiguration("ir_topic")),
+            (visible_input, LaunchConfiguration("visible_topic")),
         ],
     )
     rviz = Node(

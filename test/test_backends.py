@@ -14,7 +14,7 @@ import yaml
 
 from ros2_bilevel_fusion.backends import BackendError, create_backend
 from ros2_bilevel_fusion.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
-from ros2_bilevel_fusion.core.bundle import BundleError, load_bundle
+from ros2_bilevel_fusion.core.bundle import BundleError, PreprocessSpec, load_bundle, save_bundle
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -97,6 +97,45 @@ def _edit_yaml(folder: Path, edit) -> None:
     data = yaml.safe_load(path.read_text())
     edit(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_bundle_without_preprocessing_section_keeps_todays_behaviour(bundle_copy: Path) -> None:
+    """Bundles written before the section existed: the runtime's former fixed behaviour."""
+    _edit_yaml(bundle_copy, lambda d: d.pop("preprocessing", None))
+    preprocessing = load_bundle(bundle_copy).preprocessing
+    assert preprocessing.pad_mode == "reflect_101"
+    assert (preprocessing.thermal_low_percentile, preprocessing.thermal_high_percentile) == (
+        1.0,
+        99.0,
+    )
+
+
+def test_bundle_sections_round_trip_and_bad_values_are_refused(bundle_copy: Path) -> None:
+    def edit(data: dict) -> None:
+        data["preprocessing"] = {
+            "pad_mode": "constant",
+            "thermal_low_percentile": 0.5,
+            "thermal_high_percentile": 99.5,
+        }
+        data["detection"]["score_threshold"] = 0.42
+
+    _edit_yaml(bundle_copy, edit)
+    bundle = load_bundle(bundle_copy)
+    assert bundle.preprocessing == PreprocessSpec("constant", 0.5, 99.5)
+    assert bundle.detection.score_threshold == 0.42
+    save_bundle(bundle)
+    assert load_bundle(bundle_copy) == bundle
+    for section, key, value, message in [
+        ("preprocessing", "pad_mode", "wrap", "pad_mode"),
+        ("preprocessing", "thermal_low_percentile", 99.9, "percentile"),
+        ("preprocessing", "colour_space", "rgb", "unknown keys"),
+        ("detection", "score_threshold", 1.5, "score_threshold"),
+        ("detection", "max_detections", 0, "max_detections"),
+    ]:
+        _edit_yaml(bundle_copy, lambda d, s=section, k=key, v=value: d[s].update({k: v}))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(bundle_copy)
+        save_bundle(bundle)  # back to the valid file for the next case
 
 
 def test_wrong_input_names_are_refused(bundle_copy: Path) -> None:

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ros2_bilevel_fusion.node.parameters import PARAMETERS
+from ros2_bilevel_fusion.backends import BACKEND_KINDS
+from ros2_bilevel_fusion.core.bundle import PreprocessSpec
+from ros2_bilevel_fusion.node.parameters import (
+    FROM_BUNDLE,
+    PARAMETERS,
+    SPECS,
+    FusionParameters,
+    gain_percentiles,
+    validate,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO_ROOT / "launch" / "fusion.launch.py"
@@ -44,6 +54,54 @@ def test_launch_file_declares_every_argument_statically() -> None:
     }
     assert declared == set(LAUNCH_ARGUMENTS)
     assert '"fusion_node"' in LAUNCH_FILE.read_text()
+
+
+class _Recorded:
+    """Stands in for every launch / launch_ros class: keeps its arguments."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+def _generate_with_recording_stubs(monkeypatch: pytest.MonkeyPatch) -> _Recorded:
+    """Run generate_launch_description against stub launch modules (the real ones are not on
+    PyPI), so what the file passes to DeclareLaunchArgument and Node is checked everywhere."""
+    import types
+
+    names = {
+        "launch": ("LaunchDescription",),
+        "launch.actions": ("DeclareLaunchArgument",),
+        "launch.conditions": ("IfCondition",),
+        "launch.substitutions": ("LaunchConfiguration",),
+        "launch_ros": (),
+        "launch_ros.actions": ("Node",),
+        "launch_ros.parameter_descriptions": ("ParameterValue",),
+    }
+    for module_name, classes in names.items():
+        module = types.ModuleType(module_name)
+        for cls in classes:
+            setattr(module, cls, type(cls, (_Recorded,), {}))
+        monkeypatch.setitem(sys.modules, module_name, module)
+    return _generate()
+
+
+def test_launch_arguments_follow_the_parameter_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    description = _generate_with_recording_stubs(monkeypatch)
+    entities = description.args[0]
+    arguments = {
+        e.args[0]: e.kwargs for e in entities if type(e).__name__ == "DeclareLaunchArgument"
+    }
+    assert set(arguments) == set(LAUNCH_ARGUMENTS)
+    for name, default in LAUNCH_ARGUMENTS.items():
+        if default is not None:
+            assert arguments[name]["default_value"] == default, name
+    backend = arguments["backend"]
+    assert backend["default_value"] == SPECS["backend"].default
+    assert "|".join(BACKEND_KINDS) in backend["description"]
+    assert backend["description"] == SPECS["backend"].description
+    node = next(e for e in entities if e.kwargs.get("executable") == "fusion_node")
+    remapped = [source for source, _target in node.kwargs["remappings"]]
+    assert remapped == [SPECS["ir_topic"].default, SPECS["visible_topic"].default]
 
 
 def _launch_modules():
@@ -143,6 +201,29 @@ def test_params_file_matches_the_node_parameter_table() -> None:
         expected = list(spec.default) if isinstance(spec.default, tuple) else spec.default
         assert params[spec.name] == expected, spec.name
         assert type(params[spec.name]) is type(expected), f"{spec.name}: YAML type differs"
+    # Each value is documented by its description, so the file's backend list is BACKEND_KINDS.
+    lines = PARAMS_FILE.read_text().splitlines()
+    for spec in PARAMETERS:
+        line = next(i for i, text in enumerate(lines) if text.strip().startswith(f"{spec.name}:"))
+        assert lines[line - 1].strip().startswith(f"# {spec.description}"), spec.name
+
+
+def test_percentile_parameters_default_to_the_bundle() -> None:
+    """The file leaves the thermal stretch to model.yaml; each parameter overrides one end."""
+    defaults = FusionParameters.from_values({s.name: s.default for s in PARAMETERS})
+    assert defaults.agc_low_percentile == defaults.agc_high_percentile == FROM_BUNDLE
+    bundle_pair = PreprocessSpec(thermal_low_percentile=0.5, thermal_high_percentile=99.5)
+    assert gain_percentiles(defaults, bundle_pair) == (0.5, 99.5)
+    assert gain_percentiles(defaults, PreprocessSpec()) == (1.0, 99.0)  # bundles without it
+    low_only = defaults.replace({"agc_low_percentile": 2.0})
+    assert gain_percentiles(low_only, bundle_pair) == (2.0, 99.5)
+    # A low end is checked against the high end the loaded bundle gives.
+    between = defaults.replace({"agc_low_percentile": 99.2})
+    assert validate(between, bundle_pair) is None
+    reason = validate(between, PreprocessSpec())
+    assert reason is not None and "agc_high_percentile (99.0)" in reason
+    # Validated against one bundle, applied with another: that bundle's pair, never a non-range.
+    assert gain_percentiles(between, PreprocessSpec()) == (1.0, 99.0)
 
 
 def test_params_file_applies_to_a_namespaced_node(tmp_path: Path, fixture_bundle: Path) -> None:

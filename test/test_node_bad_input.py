@@ -28,6 +28,7 @@ from test_node_integration import (  # noqa: E402
 
 from ros2_bilevel_fusion.node.fusion_node import message_filters  # noqa: E402
 from ros2_bilevel_fusion.node.parameters import (  # noqa: E402
+    FROM_BUNDLE,
     PARAMETERS,
     FusionParameters,
     repair_parameters,
@@ -69,7 +70,7 @@ def test_repair_resets_only_the_bad_parameters() -> None:
     assert validate(repaired) is None
     assert sorted(name for name, _ in fixes) == ["agc_low_percentile", "qos"]
     assert repaired.score_threshold == 0.7 and repaired.slop == 0.2
-    assert repaired.qos == "sensor_data" and repaired.agc_low_percentile == 1.0
+    assert repaired.qos == "sensor_data" and repaired.agc_low_percentile == FROM_BUNDLE
 
 
 def test_integer_overrides_for_doubles_are_coerced() -> None:

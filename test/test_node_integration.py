@@ -399,6 +399,52 @@ def test_live_parameter_change_and_rejection(running_node) -> None:
     set_params(Parameter("colour_output", value=True))
 
 
+def test_raising_score_threshold_live_drops_the_weaker_detections(running_node) -> None:
+    """``ros2 param set score_threshold`` through the parameter service: the next frame keeps
+    only the detections above it; -1 gives the bundle's threshold back."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    harness, _ = running_node
+    client = AsyncParameterClient(harness.node, harness.node_ns)
+    assert client.wait_for_services(timeout_sec=20.0)
+    # IR brightening left to right: the fixture's IR class scores every strength in one frame.
+    ramp_ir = np.tile(np.linspace(0, 255, WIDTH).astype(np.uint8), (HEIGHT, 1))
+    base_ns = 1_900_000_000 * 10**9
+
+    def set_threshold(value: float) -> None:
+        future = client.set_parameters([Parameter("score_threshold", value=value)])
+        harness.wait_for(future.done, 10.0, "set_parameters reply")
+        assert future.result().results[0].successful
+
+    def scores_of_frame(index: int) -> list[float]:
+        ir_msg, visible_msg = make_pair(index, base_ns, ir=ramp_ir)
+        wanted = stamp_ns(visible_msg.header)
+        harness.publish_pair(ir_msg, visible_msg)
+
+        def reply() -> list[String]:
+            return [m for m in harness.received.get("detections/json") if json_stamp(m) == wanted]
+
+        harness.wait_for(lambda: bool(reply()), 15.0, f"detections of frame {index}")
+        return sorted(d["score"] for d in json.loads(reply()[0].data)["detections"])
+
+    at_bundle_threshold = scores_of_frame(0)
+    assert min(at_bundle_threshold) > 0.3  # the fixture bundle's model.yaml threshold
+    # Halfway between two distinct scores of the frame: no detection sits on the threshold.
+    levels = sorted(set(at_bundle_threshold))
+    assert len(levels) >= 2, at_bundle_threshold
+    middle = len(levels) // 2
+    raised = (levels[middle - 1] + levels[middle]) / 2
+    set_threshold(raised)
+    try:
+        at_raised = scores_of_frame(1)
+    finally:
+        set_threshold(-1.0)
+    assert at_raised == [s for s in at_bundle_threshold if s > raised]
+    assert 0 < len(at_raised) < len(at_bundle_threshold)
+    assert scores_of_frame(2) == at_bundle_threshold
+
+
 def test_sim_time_without_clock_still_serves_and_reports(
     fixture_bundle: Path, tmp_path: Path
 ) -> None:

@@ -97,8 +97,14 @@ def test_config_from_bundle() -> None:
     config = PostprocessConfig.from_bundle(fake_bundle())
     assert (config.score_threshold, config.nms_iou, config.max_detections) == (0.4, 0.6, 7)
     assert config.overlay_alpha == 0.45 and config.colour_output
+    # Without a detector: the contract's defaults, those of a DetectionSpec without the keys.
     generic = PostprocessConfig.from_bundle(fake_bundle(detection=None))
-    assert generic.max_detections > 0 and 0 < generic.score_threshold < 1
+    spec_defaults = DetectionSpec(classes=(), levels=())
+    assert (generic.score_threshold, generic.nms_iou, generic.max_detections) == (
+        spec_defaults.score_threshold,
+        spec_defaults.nms_iou,
+        spec_defaults.max_detections,
+    )
 
 
 def test_process_pads_crops_and_fuses() -> None:
@@ -257,6 +263,40 @@ def test_fixture_onnx_bundle_through_onnxruntime(fixture_bundle: Path) -> None:
     assert 30 <= centre[0] <= 54 and 20 <= centre[1] <= 44
     assert result.seg_labels is not None and result.seg_labels.shape == (70, 90)
     assert result.seg_labels[30, 40] != result.seg_labels[5, 5]
+
+
+def ramp_pair(hw=(64, 128)) -> tuple[np.ndarray, np.ndarray]:
+    """Dark visible image, IR brightening from left to right: the fixture's class-1 score
+    (bright IR) rises across the image, so one frame has detections of every strength."""
+    ir = np.tile(np.linspace(0, 255, hw[1]).astype(np.uint8), (hw[0], 1))
+    return ir, np.full((*hw, 3), 20, np.uint8)
+
+
+def test_score_threshold_comes_from_model_yaml(fixture_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from ros2_bilevel_fusion.core.bundle import load_bundle
+
+    def bundle_with_threshold(threshold: float) -> ModelBundle:
+        folder = Path(shutil.copytree(fixture_bundle, tmp_path / f"bundle_{threshold}"))
+        data = yaml.safe_load((folder / "model.yaml").read_text())
+        data["detection"]["score_threshold"] = threshold
+        (folder / "model.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        return load_bundle(folder)
+
+    ir, visible = ramp_pair()
+    loose = FusionPipeline(OrtFixtureBackend(bundle_with_threshold(0.05)))
+    strict = FusionPipeline(OrtFixtureBackend(bundle_with_threshold(0.42)))
+    assert strict.config.score_threshold == 0.42 and loose.config.score_threshold == 0.05
+    all_scores = loose.process(ir, visible).detections.scores
+    kept = strict.process(ir, visible).detections
+    # The ramp gives detections on both sides of 0.42; the bundle's threshold drops the weak.
+    assert np.any(all_scores <= 0.42) and np.any(all_scores > 0.42)
+    assert len(kept) >= 1 and np.all(kept.scores > 0.42)
+    assert len(kept) < len(all_scores)
+    np.testing.assert_array_equal(np.sort(kept.scores), np.sort(all_scores[all_scores > 0.42]))
 
 
 @pytest.mark.parametrize("subset", ["roadscene", "tno"])

@@ -243,15 +243,6 @@ def open_cuda(device: int = 0) -> _CudaPython | _TorchCuda:
     raise BackendError("no usable CUDA device: " + "; ".join(errors))
 
 
-def cuda_device_available(device: int = 0) -> bool:
-    try:
-        cuda = open_cuda(device)
-    except BackendError:
-        return False
-    del cuda
-    return True
-
-
 def build_engine(
     onnx_path: str | Path,
     *,

@@ -53,7 +53,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from ros2_bilevel_fusion.backends import create_backend
-from ros2_bilevel_fusion.core.bundle import load_bundle
+from ros2_bilevel_fusion.core.bundle import PreprocessSpec, load_bundle
 from ros2_bilevel_fusion.core.pairing import (
     IR_STREAM,
     VISIBLE_STREAM,
@@ -92,6 +92,7 @@ from ros2_bilevel_fusion.node.parameters import (
     SPECS,
     FusionParameters,
     descriptor,
+    gain_percentiles,
     repair_parameters,
     validate,
 )
@@ -307,7 +308,8 @@ class FusionNode(Node):
             candidate = self.params.replace(changes)
         except (TypeError, ValueError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        reason = validate(candidate)
+        model = self._model  # percentiles left to the bundle (< 0) are checked against it
+        reason = validate(candidate, model.bundle.preprocessing if model is not None else None)
         if reason is not None:
             self._drops.add("rejected_parameter")
             return SetParametersResult(successful=False, reason=reason)
@@ -323,21 +325,26 @@ class FusionNode(Node):
             self.get_logger().info(f"reloading the model after a change of {sorted(names)}")
             self._reload.set()
             return
-        if names & {"agc_low_percentile", "agc_high_percentile", "agc_smoothing"}:
-            self._ir_gain, self._visible_gain = self._make_gains(self.params)
         model = self._model
+        if names & {"agc_low_percentile", "agc_high_percentile", "agc_smoothing"}:
+            bundle = model.bundle if model is not None else None
+            self._ir_gain, self._visible_gain = self._make_gains(self.params, bundle)
         if model is not None:
             if "homography" in names:
                 model.pipeline.registration = Registration(self.params.homography)
             model.pipeline.config = self._postprocess_config(model.bundle)
 
     @staticmethod
-    def _make_gains(params: FusionParameters) -> tuple[AutoGain, AutoGain]:
+    def _make_gains(params: FusionParameters, bundle: Any = None) -> tuple[AutoGain, AutoGain]:
+        """Percentiles from the parameters, or the bundle's (model.yaml) where they are < 0."""
+        preprocessing = bundle.preprocessing if bundle is not None else PreprocessSpec()
+        low, high = gain_percentiles(params, preprocessing)
+
         def gain() -> AutoGain:
             return AutoGain(
                 GainControl(
-                    low_percentile=params.agc_low_percentile,
-                    high_percentile=params.agc_high_percentile,
+                    low_percentile=low,
+                    high_percentile=high,
                     smoothing=params.agc_smoothing,
                 )
             )
@@ -379,6 +386,7 @@ class FusionNode(Node):
                 "publishes diagnostics ERROR and retries when bundle_path/backend change"
             )
             return
+        self._ir_gain, self._visible_gain = self._make_gains(p, bundle)
         self._model = LoadedModel(bundle=bundle, backend=backend, pipeline=pipeline, path=path)
         self._model_error = ""
         self.get_logger().info(

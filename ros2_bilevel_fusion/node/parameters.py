@@ -4,6 +4,10 @@ the typed view the node works with, and the cross-parameter validation (pure, te
 Every parameter is declared once from :data:`PARAMETERS`. Ranges go into the ROS descriptor
 (so ``ros2 param set`` outside the range is refused by rclpy itself, with the range in the
 reason); :func:`validate` adds the checks a single range cannot express.
+
+Parameters that override a model's value (detection thresholds, thermal stretch percentiles)
+default to a "use the bundle's value" sentinel, so each such default is written once, in
+``core/bundle.py``, and a bundle can change it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ros2_bilevel_fusion.backends import BACKEND_KINDS
+from ros2_bilevel_fusion.core.bundle import PreprocessSpec
+
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 QOS_CHOICES = ("sensor_data", "reliable")
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch")
+# The value of an overriding parameter that means "the bundle's value" (model.yaml).
+FROM_BUNDLE = -1.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "backend",
         "auto",
-        "Inference backend: auto|tensorrt|onnxruntime|torch (changing it reloads the model)",
+        f"Inference backend: {'|'.join(BACKEND_KINDS)} (changing it reloads the model)",
         reload=True,
     ),
     ParameterSpec(
@@ -87,11 +95,25 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         reload=True,
     ),
     ParameterSpec(
-        "score_threshold", -1.0, "Detection score threshold; < 0 = model.yaml default", -1.0, 1.0
+        "score_threshold",
+        FROM_BUNDLE,
+        "Detection score threshold; < 0 = the bundle's detection.score_threshold (model.yaml)",
+        FROM_BUNDLE,
+        1.0,
     ),
-    ParameterSpec("nms_iou", -1.0, "NMS IoU threshold; < 0 = model.yaml default", -1.0, 1.0),
     ParameterSpec(
-        "max_detections", 0, "Max detections per image; 0 = model.yaml default", 0, 10000
+        "nms_iou",
+        FROM_BUNDLE,
+        "NMS IoU threshold; < 0 = the bundle's detection.nms_iou (model.yaml)",
+        FROM_BUNDLE,
+        1.0,
+    ),
+    ParameterSpec(
+        "max_detections",
+        0,
+        "Max detections per image; 0 = the bundle's detection.max_detections (model.yaml)",
+        0,
+        10000,
     ),
     ParameterSpec(
         "overlay_alpha", 0.5, "Segmentation overlay opacity in debug/colour images", 0.0, 1.0
@@ -106,10 +128,20 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "IR->visible homography, 9 row-major values (identity = same field of view, IR resized)",
     ),
     ParameterSpec(
-        "agc_low_percentile", 1.0, "16-bit/float thermal gain: low percentile", 0.0, 100.0
+        "agc_low_percentile",
+        FROM_BUNDLE,
+        "16-bit/float thermal gain: low percentile; < 0 = the bundle's "
+        "preprocessing.thermal_low_percentile (model.yaml)",
+        FROM_BUNDLE,
+        100.0,
     ),
     ParameterSpec(
-        "agc_high_percentile", 99.0, "16-bit/float thermal gain: high percentile", 0.0, 100.0
+        "agc_high_percentile",
+        FROM_BUNDLE,
+        "16-bit/float thermal gain: high percentile; < 0 = the bundle's "
+        "preprocessing.thermal_high_percentile (model.yaml)",
+        FROM_BUNDLE,
+        100.0,
     ),
     ParameterSpec(
         "agc_smoothing", 0.0, "Thermal gain limit smoothing across frames, 0 = off", 0.0, 0.99
@@ -171,18 +203,23 @@ class FusionParameters:
         return FusionParameters.from_values(values)
 
 
-def validate(params: FusionParameters) -> str | None:
-    """None when the combination is usable, else the reason (shown to ``ros2 param set``)."""
+def validate(params: FusionParameters, preprocessing: PreprocessSpec | None = None) -> str | None:
+    """None when the combination is usable, else the reason (shown to ``ros2 param set``).
+
+    ``preprocessing``: the loaded bundle's, for the percentiles left to the bundle (< 0);
+    without a bundle, the contract's defaults.
+    """
     from ros2_bilevel_fusion.core.registration import parse_homography
 
     if params.qos not in QOS_CHOICES:
         return f"qos must be one of {QOS_CHOICES}, got {params.qos!r}"
-    if params.backend.strip().lower() not in BACKEND_CHOICES:
-        return f"backend must be one of {BACKEND_CHOICES}, got {params.backend!r}"
-    if not params.agc_low_percentile < params.agc_high_percentile:
+    if params.backend.strip().lower() not in BACKEND_KINDS:
+        return f"backend must be one of {BACKEND_KINDS}, got {params.backend!r}"
+    low, high = _percentiles(params, preprocessing or PreprocessSpec())
+    if not low < high:
         return (
-            f"agc_low_percentile ({params.agc_low_percentile}) must be below "
-            f"agc_high_percentile ({params.agc_high_percentile})"
+            f"agc_low_percentile ({low}) must be below agc_high_percentile ({high}); "
+            "< 0 stands for the bundle's value"
         )
     for spec in PARAMETERS:
         if spec.low is None:
@@ -256,11 +293,23 @@ def descriptor(spec: ParameterSpec) -> Any:
     return desc
 
 
-def declare_all(node: Any) -> FusionParameters:
-    """Declare every parameter once on ``node`` and return their (possibly overridden) values."""
-    values = {}
-    for spec in PARAMETERS:
-        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
-        param = node.declare_parameter(spec.name, default, descriptor(spec))
-        values[spec.name] = param.value
-    return FusionParameters.from_values(values)
+def _percentiles(params: FusionParameters, preprocessing: PreprocessSpec) -> tuple[float, float]:
+    low = params.agc_low_percentile
+    high = params.agc_high_percentile
+    low = low if low >= 0.0 else preprocessing.thermal_low_percentile
+    high = high if high >= 0.0 else preprocessing.thermal_high_percentile
+    return low, high
+
+
+def gain_percentiles(
+    params: FusionParameters, preprocessing: PreprocessSpec
+) -> tuple[float, float]:
+    """(low, high) thermal stretch percentiles: each parameter, or the bundle's where < 0.
+
+    A mix that is not a range (a parameter validated against another bundle's values) falls
+    back to the bundle's pair, so the node always has a usable stretch.
+    """
+    low, high = _percentiles(params, preprocessing)
+    if not low < high:
+        return preprocessing.thermal_low_percentile, preprocessing.thermal_high_percentile
+    return low, high
