@@ -78,8 +78,10 @@ def test_wheel_holds_wrappers_share_files_and_marker(wheel: Path, repo_root: Pat
 def test_installed_wrapper_runs_from_any_cwd(wheel: Path, tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix),
-         str(wheel)],
+        # --ignore-installed: an editable install of the package in this environment would
+        # otherwise make pip skip the prefix install ("already installed").
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+         "--prefix", str(prefix), str(wheel)],
         check=True, timeout=300,
     )
     site = next(prefix.glob("lib/python*/site-packages"))
