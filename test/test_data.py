@@ -1,4 +1,4 @@
-"""training.data and training.synthetic: parsing, alignment under augmentation, folders, splits."""
+"""training.datasets and training.synthetic: parsing, augmentation alignment, folders, splits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import (
+from training.datasets import (
     IGNORE_INDEX,
     MSRS_HOLDOUT_NAMES,
     PairFolder,

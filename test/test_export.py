@@ -1,7 +1,10 @@
-"""training.export: bundle written by export_bundle runs in the runtime, ORT matches torch."""
+"""training.export: bundle written by export_bundle runs in the runtime, ORT and TorchScript
+match torch, one provenance schema."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +68,8 @@ def test_runtime_backends_accept_the_bundle(exported: tuple[torch.nn.Module, Pat
     assert ort_outputs["fused_y"].shape == (1, 1, 96, 128)
     assert ort_outputs["det_cls_s8"].shape == (1, 3, 12, 16)
     assert ort_outputs["seg_logits"].shape == (1, 4, 96, 128)
-    # the torch backend rebuilds the module from provenance["architecture"] + model.pt
+    # the torch backend loads the TorchScript file named in model.yaml
+    assert bundle.provenance["torchscript"] == "model.pt"
     torch_outputs = create_backend("torch", bundle, threads=1).infer(ir, visible)
     for name in bundle.output_names:
         np.testing.assert_allclose(torch_outputs[name], ort_outputs[name], atol=1e-3)
@@ -93,7 +97,7 @@ def trainer_checkpoint(path: Path) -> dict:
         "segmenter": model.segmenter.state_dict(),
         "config": {"steps": 0},
         "step": 0,
-        "metrics": {"note": "untrained"},
+        "metrics": {"score": 0.5, "eval/fusion/EN": float("nan"), "note": "untrained"},
     }
     torch.save(checkpoint, path)
     return checkpoint
@@ -109,12 +113,66 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path: Path, capsys: pytest.Capture
     bundle = load_bundle(out)
     assert bundle.name == "from_ckpt"
     assert bundle.detection is not None and bundle.detection.score_threshold == 0.45
-    assert bundle.provenance["step"] == 0 and bundle.provenance["metrics"] == {"note": "untrained"}
+    assert bundle.detection.nms_iou == 0.5 and bundle.detection.max_detections == 100
+    # one provenance schema: finite metrics only, under "metrics"
+    assert bundle.provenance["step"] == 0 and bundle.provenance["metrics"] == {"score": 0.5}
+    assert set(bundle.provenance) == {
+        "architecture", "checkpoint", "step", "config", "metrics", "git_commit", "exported_at",
+        "opset", "torchscript",
+    }
     # the checkpoint's weights, not fresh ones, are what was exported
-    state = torch.load(out / "model.pt", weights_only=True)
+    state = export.model_from_torchscript(out / "model.pt", FULL_ARCHITECTURE).state_dict()
     torch.testing.assert_close(
         state["fusion.detail_in.0.weight"], checkpoint["fusion"]["detail_in.0.weight"]
     )
+
+
+def test_export_defaults_are_the_bundle_contracts(tmp_path: Path) -> None:
+    """No threshold is restated in training: unset, the export writes core.bundle's defaults."""
+    from ros2_bilevel_fusion.core.bundle import DetectionSpec
+
+    trainer_checkpoint(tmp_path / "ckpt.pt")
+    out = tmp_path / "b"
+    export.export_checkpoint(tmp_path / "ckpt.pt", out)
+    written = load_bundle(out).detection
+    contract = DetectionSpec(classes=(), levels=())
+    assert written is not None
+    assert (written.score_threshold, written.nms_iou, written.max_detections) == (
+        contract.score_threshold, contract.nms_iou, contract.max_detections
+    )
+
+
+def test_torchscript_matches_eager_at_sizes_other_than_the_trace(
+    exported: tuple[torch.nn.Module, Path],
+) -> None:
+    model, out = exported  # traced at 64x96
+    with torch.no_grad():
+        for hw in ((32, 32), (96, 160), (128, 64)):
+            ir, visible = torch.rand(1, 1, *hw), torch.rand(1, 3, *hw)
+            scripted = torch.jit.load(str(out / "model.pt"))(ir, visible)
+            for a, b in zip(model(ir, visible), scripted, strict=True):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_backend_runs_without_the_training_package(
+    exported: tuple[torch.nn.Module, Path],
+) -> None:
+    _, out = exported
+    code = (
+        "import sys, numpy as np\n"
+        "sys.modules['training'] = None  # any import of training now fails\n"
+        "from ros2_bilevel_fusion.backends import create_backend\n"
+        "from ros2_bilevel_fusion.core.bundle import load_bundle\n"
+        f"b = create_backend('torch', load_bundle({str(out)!r}), threads=1)\n"
+        "o = b.infer(np.zeros((1, 1, 32, 32), np.float32), np.zeros((1, 3, 32, 32), np.float32))\n"
+        "assert o['fused_y'].shape == (1, 1, 32, 32)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_checkpoint_missing_detector_weights_is_an_error(tmp_path: Path) -> None:

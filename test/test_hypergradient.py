@@ -12,13 +12,18 @@ Findings (printed with ``pytest -s``; 50 random problems each, numbers from one 
 * general least squares f = 1/2 |P w - Q theta - c|^2: ours ~0.6, (+) ~0.15.
 * general quadratic f = 1/2 w'Hw - w'B theta (not a least-squares form; grad_theta f does not
   vanish with the lower-level residual): the rank-one Gauss-Newton term is poor with either
-  sign (ours ~0.43, (+) ~0.53, plain ~0.57). Reported, not asserted.
+  sign (ours 0.357, (+) 0.430, plain 0.527, asserted to +-0.02). The exact hypergradient is
+  known in closed form there (grad_theta F + B' H^-1 grad_w F at w*); the tests check the
+  reference against it and against finite differences.
+* least squares with w in R^4: the first-order error is exactly the part of grad_w F the
+  rank-one term drops, -A' (I - r r'/|r|^2) grad_w F (closed form, asserted to 1e-10).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
@@ -134,12 +139,116 @@ def test_least_squares_lower_level_our_sign_is_closer() -> None:
     assert zr["ours"]["cos"] > zr["plain"]["cos"]
 
 
-def test_general_quadratic_is_reported() -> None:
-    # Gauss-Newton's rank-one picture does not hold here; print the numbers for the docs and
-    # check only that they are finite and the comparison ran.
+def _quadratic_closed_form(seed: int, n: int = 6, m: int = 4) -> dict[str, torch.Tensor]:
+    """f = 1/2 w'Hw - w'B theta (H SPD), F as in :func:`_toy_problem`: w*(theta) = H^-1 B theta,
+    dw*/dtheta = H^-1 B, so the exact hypergradient of Phi(theta) = F(theta, w*(theta)) is
+    grad_theta F + B' H^-1 grad_w F at w = w*."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    mm = rand(m, m)
+    h = mm @ mm.T + 0.5 * torch.eye(m, dtype=torch.float64)
+    b_mat, theta, theta0, b, d = rand(m, n), rand(n), rand(n), rand(m), rand(n)
+
+    def grads_upper(th: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # F = 1/2|th - th0|^2 + 1/2|w - b|^2 + sum(w) d.th, differentiated by hand
+        return (th - theta0) + w.sum() * d, (w - b) + (d @ th)
+
+    w_star = torch.linalg.solve(h, b_mat @ theta)
+    g_theta_upper, g_w_upper = grads_upper(theta, w_star)
+    exact = g_theta_upper + b_mat.T @ torch.linalg.solve(h, g_w_upper)
+    return {
+        "theta": theta, "theta0": theta0, "b": b, "d": d, "h": h, "b_mat": b_mat,
+        "w_star": w_star, "exact": exact,
+    }
+
+
+def _quadratic_lower(h: torch.Tensor, b_mat: torch.Tensor, n: int, z: torch.Tensor) -> torch.Tensor:
+    """f(theta, w) = 1/2 w'Hw - w'B theta with z = [theta, w]."""
+    return 0.5 * z[n:] @ h @ z[n:] - z[n:] @ b_mat @ z[:n]
+
+
+def _phi(q: dict[str, torch.Tensor], th: torch.Tensor) -> torch.Tensor:
+    """Phi(theta) = F(theta, w*(theta)) of a :func:`_quadratic_closed_form` problem."""
+    w = torch.linalg.solve(q["h"], q["b_mat"] @ th)
+    return (
+        0.5 * ((th - q["theta0"]) ** 2).sum() + 0.5 * ((w - q["b"]) ** 2).sum()
+        + w.sum() * (q["d"] @ th)
+    )
+
+
+def test_exact_hypergradient_of_a_quadratic_lower_level_in_closed_form() -> None:
+    """The reference the other tests compare with (implicit formula, Hessians by autograd) is
+    the closed-form hypergradient, and that is the derivative of Phi (finite differences)."""
+    for seed in range(5):
+        q = _quadratic_closed_form(seed)
+        theta, h, b_mat, exact = q["theta"], q["h"], q["b_mat"], q["exact"]
+        n = theta.numel()
+        step = 1e-6
+        numeric = torch.stack([
+            (_phi(q, theta + step * e) - _phi(q, theta - step * e)) / (2 * step)
+            for e in torch.eye(n, dtype=torch.float64)
+        ])
+        torch.testing.assert_close(numeric, exact, atol=1e-6, rtol=1e-6)
+        # the autograd-Hessian reference of _compare, at w*, equals the closed form
+        th = theta.clone().requires_grad_(True)
+        w = q["w_star"].clone().requires_grad_(True)
+        upper = (
+            0.5 * ((th - q["theta0"]) ** 2).sum() + 0.5 * ((w - q["b"]) ** 2).sum()
+            + w.sum() * (q["d"] @ th)
+        )
+        g_theta_upper, g_w_upper = torch.autograd.grad(upper, (th, w))
+        z = torch.cat([theta, q["w_star"]])
+
+        hess = torch.autograd.functional.hessian(partial(_quadratic_lower, h, b_mat, n), z)
+        reference = g_theta_upper - hess[:n, n:] @ torch.linalg.solve(hess[n:, n:], g_w_upper)
+        torch.testing.assert_close(reference, exact, atol=1e-10, rtol=1e-10)
+
+
+def test_general_quadratic_cosines_against_the_exact_hypergradient() -> None:
+    """Gauss-Newton's rank-one picture does not hold for a general quadratic lower level, so
+    the first-order hypergradient is only loosely aligned with the exact one (whose reference is
+    checked against the closed form above). The cosines are measured on the 50 seeded problems
+    of ``_summary`` and pinned to +-0.02, so a change of sign, coefficient or reference fails."""
     s = _summary("quadratic")
-    for name in ("ours", "opposite", "plain"):
-        assert -1.0 <= s[name]["cos"] <= 1.0
+    assert s["ours"]["cos"] == pytest.approx(0.357, abs=0.02)
+    assert s["opposite"]["cos"] == pytest.approx(0.430, abs=0.02)
+    assert s["plain"]["cos"] == pytest.approx(0.527, abs=0.02)
+    assert s["ours"]["norm_ratio_median"] == pytest.approx(0.608, abs=0.02)
+
+
+def test_least_squares_first_order_error_is_exactly_the_dropped_projection() -> None:
+    """f = 1/2 |w - A theta - c|^2 with w in R^4: H_ww = I and H_theta,w = -A', so the exact
+    hypergradient at w is grad_theta F + A' grad_w F. With r = w - A theta - c the first-order
+    one is grad_theta F + A' r r' grad_w F / |r|^2: the error is -A' (I - r r'/|r|^2) grad_w F,
+    in closed form, bounded by |A|_2 |(I - r r'/|r|^2) grad_w F| (tolerance 1e-10)."""
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        a_mat = torch.randn(4, 6, generator=g, dtype=torch.float64)
+        c, theta, w = (torch.randn(k, generator=g, dtype=torch.float64) for k in (4, 6, 4))
+        g_theta_upper, g_w_upper = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(
+            4, generator=g, dtype=torch.float64
+        )
+        r = w - a_mat @ theta - c
+        approx = first_order_hypergradient(
+            [g_theta_upper], [g_w_upper], [-a_mat.T @ r], [r]
+        )[0]
+        exact = g_theta_upper + a_mat.T @ g_w_upper
+        projector = torch.eye(4, dtype=torch.float64) - torch.outer(r, r) / (r @ r)
+        torch.testing.assert_close(
+            approx - exact, -a_mat.T @ projector @ g_w_upper, atol=1e-10, rtol=1e-10
+        )
+        bound = torch.linalg.matrix_norm(a_mat, ord=2) * (projector @ g_w_upper).norm()
+        assert (approx - exact).norm() <= bound + 1e-10
+        # a scalar lower level (rank one is all there is): exact, whatever the residual
+        approx_1 = first_order_hypergradient(
+            [g_theta_upper], [g_w_upper[:1]], [-a_mat[:1].T @ r[:1]], [r[:1]]
+        )[0]
+        torch.testing.assert_close(
+            approx_1, g_theta_upper + a_mat[:1].T @ g_w_upper[:1], atol=1e-10, rtol=1e-10
+        )
 
 
 def test_hypergradient_handles_stationary_lower_level_and_none() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.data import collate_pairs
+from training.datasets import collate_pairs
 from training.losses import (
     FusionLossWeights,
     adversarial_loss,

@@ -219,7 +219,7 @@ def test_export_model_from_parts_and_fusion_only() -> None:
     model = ExportModel.from_parts(fusion, None, None, architecture)
     assert model.output_names == ["fused_y"]
     assert len(model(torch.rand(1, 1, 32, 32), torch.rand(1, 3, 32, 32))) == 1
-    # state_dict round trip through build_export_model (what the torch backend does)
+    # state_dict round trip through build_export_model (what export.model_from_torchscript does)
     rebuilt = build_export_model(architecture)
     rebuilt.load_state_dict(model.state_dict())
 

@@ -18,12 +18,15 @@ import pytest
 import torch
 import yaml
 
-from training.trainer import DistInfo, Trainer, batch_indices, load_config
+from training.config import TrainConfig, load_config
+from training.data import build_data
+from training.distributed import DistInfo, batch_indices
+from training.engine import Trainer
 
 SMOKE = Path(__file__).resolve().parents[1] / "training" / "configs" / "smoke.yaml"
 TINY = [
     "steps=4", "warmup_steps=1", "crop=64", "batch_size=1", "eval.every=0",
-    "checkpoint_every=0", "no_tensorboard=true", "export.enabled=false",
+    "checkpoint_every=0", "tensorboard=false", "export.enabled=false",
     "data.synthetic_train=4", "data.synthetic_eval=2",
 ]
 
@@ -39,8 +42,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _tiny_config(tmp_path: Path, *extra: str) -> dict:
+def _tiny_config(tmp_path: Path, *extra: str) -> TrainConfig:
     return load_config(SMOKE, [*TINY, f"out_dir={tmp_path}", *extra])
+
+
+def checkpoint_score(run_dir: Path) -> float:
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    return float(best["metrics"]["score"])
 
 
 def _comparable(row: dict[str, float]) -> dict[str, float]:
@@ -57,7 +65,7 @@ def test_smoke_config_trains_exports_and_passes_parity(tmp_path: Path, repo_root
         cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "parity max abs diff" in result.stdout
+    assert "parity ORT vs torch" in result.stdout
     for name in ("last.pt", "best.pt", "history.jsonl", "config.yaml"):
         assert (out / name).is_file(), name
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
@@ -69,6 +77,9 @@ def test_smoke_config_trains_exports_and_passes_parity(tmp_path: Path, repo_root
     model_yaml = yaml.safe_load((out / "bundle" / "model.yaml").read_text())
     assert model_yaml["provenance"]["config"]["name"] == "smoke"
     assert model_yaml["provenance"]["architecture"]["fusion"] == "realtime"
+    assert model_yaml["provenance"]["torchscript"] == "model.pt"
+    assert "metrics_at_checkpoint" not in model_yaml["provenance"]  # one schema: "metrics"
+    assert model_yaml["provenance"]["metrics"]["score"] == pytest.approx(checkpoint_score(out))
     checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     for key in ("architecture", "fusion", "detector", "segmenter", "discriminator",
                 "optimizers", "aggregator", "rng", "config", "step", "best_metric"):
@@ -78,16 +89,16 @@ def test_smoke_config_trains_exports_and_passes_parity(tmp_path: Path, repo_root
 
 def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path: Path) -> None:
     config = _tiny_config(tmp_path / "a", "aggregation.kind=loss_rate", "aggregation.ema=0.5")
-    config["steps"] = 2
+    config.steps = 2
     uninterrupted = Trainer(config, quiet=True)
     uninterrupted.train()
     saved = tmp_path / "at_step_2.pt"
     uninterrupted.save_checkpoint(saved)
-    uninterrupted.config["steps"] = 5
+    uninterrupted.config.steps = 5
     reference = uninterrupted.train()[2:]
 
     config_b = _tiny_config(tmp_path / "b", "aggregation.kind=loss_rate", "aggregation.ema=0.5")
-    config_b["steps"] = 5
+    config_b.steps = 5
     resumed = Trainer(config_b, resume=saved, quiet=True)
     assert resumed.step == 2
     got = resumed.train()
@@ -140,25 +151,66 @@ def test_fixed_and_grad_norm_aggregation(tmp_path: Path) -> None:
 def test_batch_indices_are_deterministic_and_split_between_ranks() -> None:
     a = batch_indices(10, 3, seed=0, stream=0, step=5, info=DistInfo(0, 2))
     assert a == batch_indices(10, 3, seed=0, stream=0, step=5, info=DistInfo(0, 2))
-    b = batch_indices(10, 3, seed=0, stream=0, step=5, info=DistInfo(1, 2))
-    assert set(a).isdisjoint(b) or len(set(a) | set(b)) > 3  # ranks draw different samples
     epoch = [batch_indices(10, 1, 0, 0, s, DistInfo()) for s in range(10)]
     assert sorted(i for (i,) in epoch) == list(range(10))  # one epoch = one permutation
+    # Within an epoch the ranks' shards are disjoint and together cover the data exactly once:
+    # 3 ranks x batch 2 x 4 steps = 24 positions = 2 epochs of 12 samples.
+    world = 3
+    for epoch_steps in (range(0, 2), range(2, 4)):
+        shards = [
+            [i for step in epoch_steps
+             for i in batch_indices(12, 2, seed=7, stream=1, step=step, info=DistInfo(r, world))]
+            for r in range(world)
+        ]
+        for r in range(world):
+            for q in range(r + 1, world):
+                assert set(shards[r]).isdisjoint(shards[q]), (r, q, shards)
+        assert sorted(i for shard in shards for i in shard) == list(range(12))
 
 
 def test_config_overrides_and_validation(tmp_path: Path) -> None:
     config = load_config(SMOKE, ["lambdas.detector=0.5", "aggregation.kind=fixed"])
-    assert config["lambdas"]["detector"] == 0.5 and config["aggregation"]["kind"] == "fixed"
+    assert config.lambdas.detector == 0.5 and config.aggregation.kind == "fixed"
     child = tmp_path / "child.yaml"
     child.write_text(f"base: {SMOKE}\nmode: joint\n")
-    assert load_config(child)["mode"] == "joint"
-    assert load_config(child)["crop"] == load_config(SMOKE)["crop"]
+    assert load_config(child).mode == "joint"
+    assert load_config(child).crop == load_config(SMOKE).crop
     with pytest.raises(ValueError):
         load_config(SMOKE, ["mode=random"])
     with pytest.raises(ValueError):
         load_config(SMOKE, ["crop=100"])
     with pytest.raises(ValueError):
         load_config(SMOKE, ["steps"])
+    # unknown keys are errors that name the key, at any depth
+    with pytest.raises(ValueError, match="image_every"):
+        load_config(SMOKE, ["image_every=0"])
+    with pytest.raises(ValueError, match=r"data\.msrs_reps"):
+        load_config(SMOKE, ["data.msrs_reps=3"])
+    with pytest.raises(ValueError, match=r"export\.threshold"):
+        load_config(SMOKE, ["export.threshold=0.5"])
+
+
+def test_every_shipped_config_loads_and_stage_two_sets_the_shipped_threshold() -> None:
+    from ros2_bilevel_fusion.core.bundle import load_bundle
+
+    configs = sorted(SMOKE.parent.glob("*.yaml"))
+    assert len(configs) >= 7
+    for path in configs:
+        assert load_config(path).name == path.stem
+    stage2 = load_config(SMOKE.parent / "default_semantic.yaml")
+    shipped = load_bundle(SMOKE.parents[2] / "models" / "default")
+    assert shipped.detection is not None
+    assert stage2.export.score_threshold == shipped.detection.score_threshold == 0.6
+    assert stage2.init_from == "runs/default/last.pt" and stage2.steps == 4500
+    # the shipped bundle's recorded config is stage 2's (keys that exist in both)
+    recorded = shipped.provenance["config"]
+    current = stage2.to_dict()
+    for key in ("seed", "mode", "steps", "batch_size", "crop", "lambdas", "lr", "fusion_loss",
+                "aggregation", "init_from"):
+        value = current[key]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in recorded[key]}
+        assert recorded[key] == value, key
 
 
 def test_torchrun_two_processes_gloo(tmp_path: Path, repo_root: Path) -> None:
@@ -181,6 +233,49 @@ def test_torchrun_two_processes_gloo(tmp_path: Path, repo_root: Path) -> None:
     assert len(rows) == 3 and rows[-1]["mode/bilevel"] == 1.0
 
 
+def _fusion_delta(trainer: Trainer) -> torch.Tensor:
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.fusion.parameters()])
+    trainer.train_step()
+    after = torch.cat([p.detach().flatten() for p in trainer.fusion.parameters()])
+    return after - before
+
+
+def test_a_bilevel_step_moves_fusion_differently_from_a_fusion_only_step(tmp_path: Path) -> None:
+    """Same seed, same initial fusion net, same batches: the semantic and adversarial feedback
+    of the bi-level step must change theta's update (the fusion-only step ignores it)."""
+    common = ("steps=1", "warmup_steps=0")
+    bilevel = Trainer(_tiny_config(tmp_path / "b", *common, "mode=bilevel"), quiet=True)
+    fusion_only = Trainer(_tiny_config(tmp_path / "f", *common, "mode=fusion_only"), quiet=True)
+    for p, q in zip(bilevel.fusion.parameters(), fusion_only.fusion.parameters(), strict=True):
+        assert torch.equal(p, q)  # same starting point
+    delta_b, delta_f = _fusion_delta(bilevel), _fusion_delta(fusion_only)
+    assert delta_b.norm() > 0 and delta_f.norm() > 0
+    assert (delta_b - delta_f).norm() > 0.05 * delta_f.norm()
+    # and the bi-level update is deterministic: the same run again gives the same update
+    again = Trainer(_tiny_config(tmp_path / "b2", *common, "mode=bilevel"), quiet=True)
+    assert torch.equal(_fusion_delta(again), delta_b)
+
+
+@pytest.mark.parametrize("mode", ["bilevel", "fusion_only"])
+def test_the_fusion_loss_falls_on_a_fixed_batch(tmp_path: Path, mode: str) -> None:
+    trainer = Trainer(
+        _tiny_config(tmp_path, "steps=8", "warmup_steps=0", f"mode={mode}", "lr.fusion=0.003"),
+        quiet=True,
+    )
+    fixed: dict[tuple[str, int], dict] = {}
+    draw = trainer._batch
+
+    def same_batch(pool: str, stream: int) -> dict:
+        if (pool, stream) not in fixed:
+            fixed[(pool, stream)] = draw(pool, stream)
+        return fixed[(pool, stream)]
+
+    trainer._batch = same_batch  # type: ignore[method-assign]
+    losses = [trainer.train_step()["fusion/fusion"] for _ in range(8)]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert min(losses[4:]) < min(losses[:2]), losses
+
+
 def test_fusion_loss_weights_come_from_the_config(tmp_path: Path) -> None:
     trainer = Trainer(_tiny_config(tmp_path, "fusion_loss={gradient: 20.0}", "steps=1"),
                       quiet=True)
@@ -195,8 +290,6 @@ def test_fusion_loss_weights_come_from_the_config(tmp_path: Path) -> None:
 
 
 def test_labelled_pool_repeat_crop_and_defaults(tmp_path: Path) -> None:
-    from training.trainer import build_data
-
     default = build_data(_tiny_config(tmp_path))
     counts = default.provenance["counts"]
     assert counts["labelled/msrs"] == len(default.provenance["msrs_train_names"])

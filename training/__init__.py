@@ -1,7 +1,8 @@
 """Offline training of the bi-level fusion model (torch only; never imported by the runtime).
 
-Library parts, shaped like torchvision's ``references/``: ``colour`` (YCrCb as OpenCV does it),
-``models`` (fusion, critic, detector, segmenter, the exported graph), ``losses``, ``data`` and
-``synthetic`` (data sets), ``export`` (checkpoint -> model bundle). The bi-level trainer builds
-on them.
+Laid out like torchvision's ``references/``: ``train`` (the script), ``config`` (typed config),
+``engine`` (the trainer's steps and loop), ``data`` (the run's data) over ``datasets`` and
+``synthetic`` (data sets), ``models``, ``losses``, ``bilevel`` (hypergradient, aggregation),
+``distributed`` (gloo data parallel, seeding), ``evaluation``, ``export`` (checkpoint -> model
+bundle), ``colour`` (YCrCb as OpenCV does it). See README.md.
 """

@@ -67,3 +67,8 @@ def rgb_to_y(rgb: torch.Tensor) -> torch.Tensor:
     """Luma only, [N, 1, H, W]: the grey image the fusion metrics protocol uses."""
     r, g, b = _channels(rgb)
     return _KR * r + _KG * g + _KB * b
+
+
+def colour_image(fused_y: torch.Tensor, visible_ycrcb: torch.Tensor) -> torch.Tensor:
+    """RGB the semantic networks see: fused Y + visible CrCb, as the exported graph builds it."""
+    return ycrcb_to_rgb(torch.cat((fused_y, visible_ycrcb[:, 1:]), dim=1))

@@ -1,15 +1,18 @@
-"""Evaluation during and after training: thin wrappers over the runtime's metrics.
+"""Evaluation during and after training: the runtime's own preprocessing, loop and metrics.
 
-* Fusion: :func:`ros2_bilevel_fusion.evaluation.metrics.fusion_metrics`
-  (published evaluator's conventions:
-  8-bit grey, EN log2, MI in nats, SSIM with data_range 2, see that module) on a held-out pair
-  folder (TNO by default), the fused Y rounded to 8 bits.
+Functions take models (and data sets), never a trainer.
+
+* Fusion: :func:`ros2_bilevel_fusion.evaluation.folder.score_pairs`, the folder loop
+  ``fusion-eval folder`` runs, with a per-pair callable (:func:`torch_runner`) that prepares the
+  inputs with the runtime's :func:`ros2_bilevel_fusion.core.processing.prepare_inputs` (YCrCb,
+  padding as the bundle says) and turns the output into 8 bits with ``fused_to_u8``: the numbers
+  training reports are the numbers the node's pipeline gets from the exported bundle, up to the
+  torch / ONNX Runtime difference (~1e-7).
 * Detection: :func:`ros2_bilevel_fusion.evaluation.semantic_metrics.detection_map`
-  (pycocotools) on boxes
-  decoded by :func:`training.models.decode_detections_torch` (the runtime's decoding rule).
-* Segmentation: :class:`ros2_bilevel_fusion.evaluation.semantic_metrics.ConfusionMatrix`
-  over the images
-  that have masks.
+  (pycocotools) on boxes decoded by :func:`training.models.decode_detections_torch` (the
+  runtime's decoding rule), on the held-out labelled data sets.
+* Segmentation: :class:`ros2_bilevel_fusion.evaluation.semantic_metrics.ConfusionMatrix` over
+  the images that have masks.
 
 ``score`` (the best-checkpoint criterion) is the mean over ``eval.score_metrics`` of
 value / CDDFuse's published TNO value, so each metric counts relative to the reference.
@@ -21,76 +24,80 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, list_images, mean_metrics
+from ros2_bilevel_fusion.core.bundle import ModelBundle
+from ros2_bilevel_fusion.core.processing import fused_to_u8, prepare_inputs
+from ros2_bilevel_fusion.core.registration import Registration
+from ros2_bilevel_fusion.evaluation.folder import (
+    PairOutput,
+    RunPair,
+    find_folder_pairs,
+    score_pairs,
+)
 from ros2_bilevel_fusion.evaluation.report import CDDFUSE_TNO_PUBLISHED
 from ros2_bilevel_fusion.evaluation.semantic_metrics import ConfusionMatrix, detection_map
+from training.colour import colour_image
+from training.export import runtime_spec
 from training.models import DETECTION_CLASSES, SEGMENTATION_CLASSES, decode_detections_torch
 
 if TYPE_CHECKING:
-    from training.trainer import Trainer
+    from training.config import EvalConfig
+    from training.data import TrainingData
 
 # CDDFuse (CVPR 2023) on the 25 TNO pairs: one copy of the published figures, the runtime's.
 CDDFUSE_TNO: dict[str, float] = CDDFUSE_TNO_PUBLISHED
 
 
-def read_pair_u8(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ir grey u8 [H, W], visible BGR u8 [H, W, 3]) of one pair of a folder with ir/ and vi/."""
-    ir = cv2.imread(str(folder / "ir" / name), cv2.IMREAD_GRAYSCALE)
-    vis = cv2.imread(str(folder / "vi" / name), cv2.IMREAD_COLOR)
-    if ir is None or vis is None:
-        raise OSError(f"cannot read pair {name} in {folder}")
-    if ir.shape != vis.shape[:2]:
-        ir = cv2.resize(ir, (vis.shape[1], vis.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return ir, vis
-
-
-def _limit_side(image: np.ndarray, max_side: int) -> np.ndarray:
-    if max_side <= 0 or max(image.shape[:2]) <= max_side:
-        return image
-    scale = max_side / max(image.shape[:2])
-    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
 @torch.no_grad()
-def fuse_u8(fusion: nn.Module, ir_u8: np.ndarray, vis_bgr_u8: np.ndarray) -> np.ndarray:
-    """Fused Y (u8 [H, W]) of one pair, the way the runtime feeds the graph (YCrCb / 255)."""
-    ycrcb = cv2.cvtColor(vis_bgr_u8, cv2.COLOR_BGR2YCrCb).astype(np.float32) / 255.0
-    ir = torch.from_numpy(ir_u8.astype(np.float32) / 255.0)[None, None]
-    vis_y = torch.from_numpy(np.ascontiguousarray(ycrcb[..., 0]))[None, None]
-    fused = fusion(ir, vis_y)[0, 0].clamp(0.0, 1.0).numpy()
-    return np.round(fused * 255.0).astype(np.uint8)
+def fuse_u8(
+    fusion: nn.Module, ir_u8: np.ndarray, vis_bgr_u8: np.ndarray, bundle: ModelBundle | None = None
+) -> np.ndarray:
+    """Fused Y (u8, the visible image's size) of one registered pair, as the runtime makes it:
+    ``prepare_inputs`` (YCrCb / 255, padding), the network, then ``fused_to_u8``."""
+    bundle = bundle or runtime_spec()
+    prepared = prepare_inputs(ir_u8, vis_bgr_u8, bundle)
+    fused = fusion(
+        torch.from_numpy(prepared.ir), torch.from_numpy(prepared.visible_ycrcb[:, :1])
+    )
+    if prepared.network_hw != prepared.image_hw:
+        raise ValueError("training evaluates dynamic-size graphs only")
+    return fused_to_u8(fused.numpy(), prepared.image_hw)
+
+
+def torch_runner(fusion: nn.Module, bundle: ModelBundle | None = None) -> RunPair:
+    """The fusion net as a ``run_pair`` callable of the runtime's folder loop (identity
+    registration: the IR is resized to the visible image when the sizes differ)."""
+    bundle = bundle or runtime_spec()
+    registration = Registration.identity()
+
+    def run_pair(ir_u8: np.ndarray, visible_bgr: np.ndarray) -> PairOutput:
+        ir = registration.warp(ir_u8, visible_bgr.shape[:2])
+        return PairOutput(fused_y=fuse_u8(fusion, ir, visible_bgr, bundle))
+
+    return run_pair
 
 
 def evaluate_fusion_folder(
-    fusion: nn.Module,
-    folder: Path,
-    max_images: int = 0,
-    max_side: int = 0,
-    names: list[str] | None = None,
-) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Mean fusion metrics of ``fusion`` over a pair folder; also returns the fused images."""
+    fusion: nn.Module, folder: Path, max_images: int = 0, max_side: int = 0
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Mean fusion metrics of ``fusion`` over a pair folder (``ir/``, ``vi/``) and the first
+    fused image."""
     fusion.eval()
-    files = [p.name for p in list_images(folder / "vi")]
-    if names is not None:
-        files = [f for f in files if Path(f).stem in set(names)]
-    if max_images > 0:
-        files = files[:max_images]
-    rows, fused_images = [], []
-    for name in files:
-        ir, vis = read_pair_u8(folder, name)
-        ir, vis = _limit_side(ir, max_side), _limit_side(vis, max_side)
-        fused = fuse_u8(fusion, ir, vis)
-        rows.append(fusion_metrics(fused, ir, vis))
-        fused_images.append(fused)
-    if not rows:
-        raise ValueError(f"no pairs to evaluate in {folder}")
-    return mean_metrics(rows), fused_images
+    pairs = find_folder_pairs(folder / "ir", folder / "vi", limit=max_images or None)
+    first: list[np.ndarray] = []
+
+    def keep_first(_pair: Any, output: PairOutput) -> None:
+        if not first:
+            first.append(np.asarray(output.fused_y))
+
+    result = score_pairs(
+        pairs, torch_runner(fusion), method="model", max_side=max_side,
+        on_output=keep_first, sample_count=0,
+    )
+    return result.means["model"], (first[0] if first else None)
 
 
 def reference_score(metrics: dict[str, float], names: list[str]) -> float:
@@ -108,8 +115,6 @@ def evaluate_semantic(
     score_threshold: float = 0.05,
 ) -> dict[str, float]:
     """Detection mAP and segmentation mIoU of the semantic heads on the fused colour image."""
-    from training.trainer import colour_image
-
     fusion.eval()
     if detector is not None:
         detector.eval()
@@ -150,31 +155,28 @@ def evaluate_semantic(
     return out
 
 
-def evaluate_trainer(trainer: Trainer) -> dict[str, float]:
-    """Every evaluation the config asks for, as flat ``eval/...`` scalars plus ``score``."""
-    ecfg = trainer.config["eval"]
-    data = trainer.data
+def evaluate(
+    fusion: nn.Module,
+    detector: nn.Module | None,
+    segmenter: nn.Module | None,
+    data: TrainingData,
+    config: EvalConfig,
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Every evaluation ``config`` asks for, as flat ``eval/...`` scalars plus ``score``, and
+    the first fused image of the fusion folder (None without one). Leaves the models in eval
+    mode."""
     out: dict[str, float] = {}
+    image = None
     if data.fusion_eval_folder is not None:
-        metrics, images = evaluate_fusion_folder(
-            trainer.fusion,
-            data.fusion_eval_folder,
-            int(ecfg.get("max_images") or 0),
-            int(ecfg.get("max_side") or 0),
+        metrics, image = evaluate_fusion_folder(
+            fusion, data.fusion_eval_folder, int(config.max_images or 0), int(config.max_side or 0)
         )
         out.update({f"eval/fusion/{k}": v for k, v in metrics.items()})
-        out["score"] = reference_score(metrics, list(ecfg["score_metrics"]))
-        if trainer.writer is not None and images:
-            trainer.writer.add_image("eval/fused_0", images[0], trainer.step, dataformats="HW")
-    if ecfg.get("semantic", True):
-        detector = trainer.nets.get("detector")
-        segmenter = trainer.nets.get("segmenter")
+        out["score"] = reference_score(metrics, list(config.score_metrics))
+    if config.semantic and (detector is not None or segmenter is not None):
         for label, dataset in (("msrs", data.msrs_eval), ("synthetic", data.synthetic_eval)):
-            if dataset is None or (detector is None and segmenter is None):
+            if dataset is None:
                 continue
-            scores = evaluate_semantic(trainer.fusion, detector, segmenter, dataset)
+            scores = evaluate_semantic(fusion, detector, segmenter, dataset)
             out.update({f"eval/{label}/{k}": v for k, v in scores.items()})
-    trainer.fusion.train()
-    for net in trainer.nets.values():
-        net.train()
-    return out
+    return out, image

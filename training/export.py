@@ -1,21 +1,30 @@
 """Checkpoint -> model bundle (model.yaml + model.onnx + model.pt), with an ORT parity check.
 
     python -m training.export --checkpoint CKPT --out models/<name> [--name N] [--opset 17]
-        [--dynamic] [--check-parity]
+        [--dynamic] [--check-parity] [--score-threshold T] [--nms-iou I] [--max-detections N]
         [--tensorrt [--fp16] [--int8 --calib DIR] [--timing-cache PATH]]
+
+``python -m training.train`` calls the same :func:`export_checkpoint` at the end of a run, with
+its config's ``export`` section; the bundle and its provenance are the same either way.
 
 The checkpoint is what the trainer saves: {"architecture": {...}, "fusion": state_dict,
 "detector": state_dict | None, "segmenter": state_dict | None, "config": dict, "step": int,
-...}; optional "metrics" and "data" keys are copied into the bundle's provenance.
+...}; its "data" and "metrics" (finite values only) are copied into the bundle's provenance.
 
-The ONNX graph always has dynamic H and W (the runtime pads to ``pad_multiple``); ``--dynamic``
-also makes the batch axis dynamic (default: batch 1, what the node feeds).
+Files: ``model.onnx`` (every runtime backend; dynamic H and W, the runtime pads to
+``pad_multiple``; ``--dynamic`` also makes the batch axis dynamic), ``model.pt`` (TorchScript,
+``torch.jit.trace`` of the same module the ONNX exporter traces, for the torch backend, which
+loads it with ``torch.jit.load`` and needs no training code; its ``state_dict()`` is the
+ExportModel's, see :func:`model_from_torchscript`), ``model.yaml`` (naming model.pt as
+``provenance.torchscript``). Detection defaults not given here are the bundle contract's
+(``core.bundle.DetectionSpec``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import subprocess
 import sys
 import warnings
@@ -26,6 +35,9 @@ import numpy as np
 import torch
 
 from ros2_bilevel_fusion.core.bundle import (
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_NMS_IOU,
+    DEFAULT_SCORE_THRESHOLD,
     DetectionLevel,
     DetectionSpec,
     InputSpec,
@@ -40,18 +52,21 @@ from training.models import (
     SEGMENTATION_PALETTE,
     ExportModel,
     build_detector,
+    build_export_model,
     build_fusion,
     build_segmenter,
 )
 
 INPUT_NAMES = ("ir", "visible_ycrcb")
 PAD_MULTIPLE = 32
+TORCHSCRIPT_FILE = "model.pt"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARITY_SIZES: tuple[tuple[int, int], ...] = ((256, 320), (480, 640))
 
 
 def git_commit(repo: Path | None = None) -> str:
     """HEAD of the repository holding this file ("unknown" outside a git checkout)."""
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or REPO_ROOT
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
@@ -80,14 +95,33 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> ExportModel:
     return ExportModel.from_parts(fusion, detector, segmenter, architecture).eval()
 
 
+def model_from_torchscript(path: Path, architecture: dict[str, Any]) -> ExportModel:
+    """The eager ExportModel of a bundle's TorchScript file (its weights, strictly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit's deprecation
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    model = build_export_model(architecture)
+    model.load_state_dict(scripted.state_dict())
+    return model.eval()
+
+
+def runtime_spec(name: str = "training") -> ModelBundle:
+    """The input side of the bundle this package writes (no graph yet): what
+    ``core.processing.prepare_inputs`` needs to feed a network as the runtime will."""
+    return ModelBundle(
+        name=name, onnx_path=Path("model.onnx"), inputs=InputSpec(pad_multiple=PAD_MULTIPLE)
+    )
+
+
 def bundle_spec(
     model: ExportModel,
     onnx_path: Path,
     *,
     name: str,
     provenance: dict[str, Any],
-    score_threshold: float = 0.3,
-    nms_iou: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    nms_iou: float = DEFAULT_NMS_IOU,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
 ) -> ModelBundle:
     detection = None
     if model.detector is not None:
@@ -105,8 +139,9 @@ def bundle_spec(
                 )
                 for s in model.detector.strides
             ),
-            score_threshold=score_threshold,
-            nms_iou=nms_iou,
+            score_threshold=float(score_threshold),
+            nms_iou=float(nms_iou),
+            max_detections=int(max_detections),
         )
     segmentation = None
     if model.segmenter is not None:
@@ -121,7 +156,7 @@ def bundle_spec(
     return ModelBundle(
         name=name,
         onnx_path=onnx_path,
-        inputs=InputSpec(pad_multiple=PAD_MULTIPLE),
+        inputs=runtime_spec().inputs,
         fused_name="fused_y",
         detection=detection,
         segmentation=segmentation,
@@ -179,6 +214,26 @@ def export_onnx(
     return onnx_path
 
 
+def export_torchscript(
+    model: ExportModel, path: Path, sample_hw: tuple[int, int] = (256, 320)
+) -> Path:
+    """``torch.jit.trace`` of the eval-mode model, saved for ``torch.jit.load``.
+
+    Trace, not script: the ONNX file is traced from the same module, so both files hold the same
+    graph; H and W stay dynamic (shapes are recorded as ``size`` ops; checked at several sizes
+    in test/test_export.py); scripting would need the networks rewritten for TorchScript's type
+    rules. torch.export's program format would need dynamic-shape declarations and a newer
+    loader on the robot for no gain here."""
+    model = model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit's deprecation
+        traced = torch.jit.trace(model, _sample_inputs(sample_hw), check_trace=False)
+        torch.jit.save(traced, str(path))
+    return path
+
+
 def export_bundle(
     model: ExportModel,
     out_dir: Path,
@@ -188,12 +243,14 @@ def export_bundle(
     opset: int = 17,
     sample_hw: tuple[int, int] = (256, 320),
     dynamic_batch: bool = False,
-    score_threshold: float = 0.3,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    nms_iou: float = DEFAULT_NMS_IOU,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
 ) -> Path:
-    """Write model.onnx, model.pt (ExportModel state_dict) and model.yaml into out_dir.
+    """Write model.onnx, model.pt (TorchScript) and model.yaml into out_dir.
 
-    provenance gets "architecture" (from the model), "git_commit", "exported_at", "opset"
-    added when absent; pass the training config, data and metrics in it.
+    provenance gets "architecture" (from the model), "git_commit", "exported_at", "opset" and
+    "torchscript" added when absent; pass the training config, data and metrics in it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +259,7 @@ def export_bundle(
         model, out_dir / "model.onnx", opset=opset, sample_hw=sample_hw,
         dynamic_batch=dynamic_batch,
     )
-    torch.save(model.state_dict(), out_dir / "model.pt")
+    export_torchscript(model, out_dir / TORCHSCRIPT_FILE, sample_hw=sample_hw)
     full_provenance = dict(provenance)
     full_provenance.setdefault("architecture", model.architecture)
     full_provenance.setdefault("git_commit", git_commit())
@@ -210,13 +267,74 @@ def export_bundle(
         "exported_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     )
     full_provenance.setdefault("opset", opset)
-    full_provenance.setdefault("torch_state_dict", "model.pt")
+    full_provenance.setdefault("torchscript", TORCHSCRIPT_FILE)
     bundle = bundle_spec(
-        model, onnx_path, name=name, provenance=full_provenance, score_threshold=score_threshold
+        model, onnx_path, name=name, provenance=full_provenance,
+        score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections,
     )
     save_bundle(bundle, out_dir)
     load_bundle(out_dir)  # fail here, not in the node, if the written bundle is invalid
     return out_dir
+
+
+def checkpoint_provenance(checkpoint: dict[str, Any], checkpoint_path: Path) -> dict[str, Any]:
+    """The bundle provenance of a trainer checkpoint (one schema for every export): its
+    architecture, path (relative to the repository when inside it), step, config, data and
+    the finite metrics measured at that checkpoint."""
+    path = Path(checkpoint_path)
+    try:
+        shown = str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        shown = str(path)
+    provenance: dict[str, Any] = {
+        "architecture": checkpoint["architecture"],
+        "checkpoint": shown,
+        "step": checkpoint.get("step"),
+        "config": checkpoint.get("config", {}),
+    }
+    if "data" in checkpoint:
+        provenance["data"] = checkpoint["data"]
+    metrics = {
+        k: float(v) for k, v in (checkpoint.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and math.isfinite(v)
+    }
+    if metrics:
+        provenance["metrics"] = metrics
+    return provenance
+
+
+def export_checkpoint(
+    checkpoint_path: Path,
+    out_dir: Path,
+    *,
+    name: str | None = None,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    nms_iou: float = DEFAULT_NMS_IOU,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
+    opset: int = 17,
+    dynamic_batch: bool = False,
+    parity_sizes: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None,
+) -> tuple[ExportModel, dict[str, Any] | None]:
+    """Trainer checkpoint -> bundle in ``out_dir``; with ``parity_sizes``, the ORT parity report
+    (:func:`check_parity`). The one export path: ``training.train`` and this module's CLI."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    model = model_from_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    export_bundle(
+        model, out_dir, name=name or out_dir.name,
+        provenance=checkpoint_provenance(checkpoint, Path(checkpoint_path)),
+        opset=opset, dynamic_batch=dynamic_batch, score_threshold=score_threshold,
+        nms_iou=nms_iou, max_detections=max_detections,
+    )
+    report = None
+    if parity_sizes:
+        report = check_parity(model, out_dir, [tuple(int(v) for v in s) for s in parity_sizes])
+    return model, report
+
+
+def parity_failed(report: dict[str, Any], tolerance: float = 1e-3) -> bool:
+    """The fused image differs by ``tolerance`` or more between ORT and torch."""
+    return report["max"]["fused_y"] >= tolerance
 
 
 def check_parity(
@@ -255,6 +373,12 @@ def check_parity(
         report[f"{hw[0]}x{hw[1]}"] = diffs
     report["max"] = worst
     return report
+
+
+def print_parity(report: dict[str, Any]) -> None:
+    for size, diffs in report.items():
+        line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+        print(f"parity ORT vs torch, max abs diff, {size}: {line}", flush=True)
 
 
 def _build_tensorrt(args: argparse.Namespace, onnx_path: Path) -> Path:
@@ -298,34 +422,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", default=None, help="calibration data folder for --int8")
     parser.add_argument("--timing-cache", default=None)
     parser.add_argument(
-        "--score-threshold", type=float, default=0.3,
+        "--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
         help="the bundle's default detection score threshold (the node's score_threshold)",
     )
+    parser.add_argument("--nms-iou", type=float, default=DEFAULT_NMS_IOU)
+    parser.add_argument("--max-detections", type=int, default=DEFAULT_MAX_DETECTIONS)
     args = parser.parse_args(argv)
 
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    model = model_from_checkpoint(checkpoint)
     out_dir = Path(args.out)
-    provenance: dict[str, Any] = {
-        "architecture": checkpoint["architecture"],
-        "checkpoint": str(args.checkpoint),
-        "step": checkpoint.get("step"),
-        "config": checkpoint.get("config", {}),
-    }
-    for key in ("data", "metrics"):
-        if key in checkpoint:
-            provenance[key] = checkpoint[key]
-    export_bundle(
-        model, out_dir, name=args.name or out_dir.name, provenance=provenance,
-        opset=args.opset, dynamic_batch=args.dynamic, score_threshold=args.score_threshold,
+    _, report = export_checkpoint(
+        Path(args.checkpoint), out_dir, name=args.name, score_threshold=args.score_threshold,
+        nms_iou=args.nms_iou, max_detections=args.max_detections, opset=args.opset,
+        dynamic_batch=args.dynamic,
+        parity_sizes=DEFAULT_PARITY_SIZES if args.check_parity else None,
     )
-    print(f"wrote bundle {out_dir} (model.yaml, model.onnx, model.pt)")
-    if args.check_parity:
-        report = check_parity(model, out_dir)
-        for size, diffs in report.items():
-            line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
-            print(f"parity ORT vs torch, max abs diff, {size}: {line}")
-        if report["max"]["fused_y"] >= 1e-3:
+    print(f"wrote bundle {out_dir} (model.yaml, model.onnx, {TORCHSCRIPT_FILE})")
+    if report is not None:
+        print_parity(report)
+        if parity_failed(report):
             print("parity FAILED: fused_y differs by >= 1e-3", file=sys.stderr)
             return 1
     if args.tensorrt:

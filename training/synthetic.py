@@ -11,7 +11,7 @@ Everything here is SYNTHETIC: scenes are drawn, not captured. Each scene has
 * exact boxes (each object's own footprint) and a segmentation mask (class id per pixel;
   later objects occlude earlier ones).
 
-Items have the same dict format as :class:`training.data.PairFolder` and are a pure function
+Items have the same dict format as :class:`training.datasets.PairFolder` and are a pure function
 of (seed, index), so tests are repeatable.
 """
 
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from training.data import to_sample
+from training.datasets import to_sample
 from training.models import DETECTION_CLASSES
 
 PERSON, BICYCLE, CAR = (DETECTION_CLASSES.index(c) for c in ("person", "bicycle", "car"))

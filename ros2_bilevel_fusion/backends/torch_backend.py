@@ -1,13 +1,15 @@
-"""Eager PyTorch backend, for parity checks against the exported ONNX (CPU by default).
+"""PyTorch backend: runs the bundle's TorchScript file, for parity checks against the ONNX.
 
-Needs ``model.pt`` (a state_dict) in the bundle folder and the training package, whose
-``training.models.build_export_model(architecture)`` builds the module named by
-``bundle.provenance["architecture"]``; that module's ``forward(ir, visible_ycrcb)`` returns the
-outputs in ``bundle.output_names`` order. torch is imported only when this backend is created.
+The export writes ``model.pt``, a ``torch.jit.trace`` of the same module the ONNX file was traced
+from, and names it in model.yaml (``provenance.torchscript``; bundles written before that key
+existed hold a plain state_dict there and are refused with a clear error). ``torch.jit.load``
+needs no training code. Its ``forward(ir, visible_ycrcb)`` returns the outputs in
+``bundle.output_names`` order. torch is imported only when this backend is created.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,39 +17,35 @@ import numpy as np
 from ros2_bilevel_fusion.backends.base import BackendError, check_inputs
 from ros2_bilevel_fusion.core.bundle import ModelBundle
 
-STATE_DICT_FILE = "model.pt"
+TORCHSCRIPT_KEY = "torchscript"
+DEFAULT_TORCHSCRIPT_FILE = "model.pt"
 
 
 class TorchBackend:
     def __init__(self, bundle: ModelBundle, *, device: str = "cpu", threads: int = 0) -> None:
         self.bundle = bundle
-        weights = bundle.folder / STATE_DICT_FILE
-        if not weights.is_file():
-            raise BackendError(f"torch backend needs {weights} (a state_dict); it is missing")
-        architecture = bundle.provenance.get("architecture")
-        if not architecture:
-            raise BackendError("model.yaml provenance has no 'architecture' for the torch backend")
+        file_name = str(bundle.provenance.get(TORCHSCRIPT_KEY) or DEFAULT_TORCHSCRIPT_FILE)
+        path = bundle.folder / file_name
+        if not path.is_file():
+            raise BackendError(f"torch backend needs {path} (TorchScript); it is missing")
         try:
             import torch
         except ImportError as exc:
             raise BackendError(f"torch is not installed ({exc})") from exc
-        try:
-            from training.models import build_export_model
-        except ImportError as exc:
-            raise BackendError(
-                f"torch backend needs the training package (training.models): {exc}"
-            ) from exc
         if threads > 0:
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = torch.device(device)
         try:
-            module = build_export_model(architecture)
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            module.load_state_dict(state)
-        except Exception as exc:  # unknown architecture, corrupt file, key mismatch
-            raise BackendError(f"cannot build {architecture!r} from {weights}: {exc}") from exc
-        self.module = module.to(self.device).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit deprecation
+                module = torch.jit.load(str(path), map_location=self.device)
+        except Exception as exc:  # a state_dict, a corrupt file, not TorchScript
+            raise BackendError(
+                f"cannot load {path} as TorchScript with torch.jit.load "
+                f"(re-export the bundle with python -m training.export): {exc}"
+            ) from exc
+        self.module = module.eval()
         self.name = f"torch:{self.device}"
 
     def infer(self, ir: np.ndarray, visible_ycrcb: np.ndarray) -> dict[str, np.ndarray]:

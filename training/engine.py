@@ -1,4 +1,4 @@
-"""The bi-level dynamic trainer (and the single-level baselines it is compared with).
+"""The step engine: one :class:`Trainer` step per mode, checkpoints and the training loop.
 
 Modes (``mode`` in the config):
 
@@ -22,39 +22,38 @@ Implementation choices (said here because they change numbers):
   one lower-level step).
 * The lower-level step is Adam rather than plain SGD (faster on small budgets); the
   hypergradient does not depend on the optimiser.
-* Determinism and exact resume: every step reseeds torch / numpy / random from (seed, step,
-  rank) and draws its batch indices from per-epoch permutations seeded the same way, so step t
-  is a pure function of the state after step t-1; checkpoints hold models, optimisers,
-  aggregator state, RNG states and the step.
-* Distributed (torchrun, gloo, CPU): the modules are NOT wrapped in DistributedDataParallel
-  because DDP's reducer hooks fire on ``loss.backward()`` only, never on ``torch.autograd.grad``
-  which the hypergradients need. Every gradient that reaches an optimiser is averaged over ranks
-  with ``dist.all_reduce`` (what DDP does), parameters are broadcast from rank 0 at start, batch
-  norm buffers are averaged before evaluation and checkpointing, and each rank draws different
-  batches. Rank 0 alone logs, evaluates and writes checkpoints.
+* Determinism, exact resume and data parallel: :mod:`training.distributed`. Checkpoints hold
+  models, optimisers, aggregator state, RNG states and the step.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import os
-import random
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-import yaml
 from torch import nn
 
 from training import losses
 from training.bilevel import DynamicAggregator, aggregate, first_order_hypergradient, grad_norm
-from training.colour import ycrcb_to_rgb
+from training.colour import colour_image
+from training.config import MODULES, REPO_ROOT, TrainConfig, validate
+from training.data import build_data
+from training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    average_buffers,
+    barrier,
+    batch_indices,
+    broadcast_module,
+    rng_state,
+    seed_step,
+    set_rng_state,
+)
+from training.evaluation import evaluate
 from training.models import (
     DETECTION_CLASSES,
     SEGMENTATION_CLASSES,
@@ -64,231 +63,7 @@ from training.models import (
     build_segmenter,
 )
 
-MODES = ("bilevel", "joint", "fusion_only")
 CRITIC_GP_WEIGHT = 10.0  # WGAN-GP's lambda (Gulrajani et al.), as losses.critic_loss uses
-MODULES = ("discriminator", "detector", "segmenter")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# Defaults every config starts from; a YAML file (and `base:` files it names) overrides them.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "name": "run",
-    "seed": 0,
-    "mode": "bilevel",
-    "fusion": "realtime",
-    "steps": 100,
-    "warmup_steps": 0,
-    "batch_size": 2,
-    "crop": 128,
-    "lower_steps": 1,
-    "modules": {"discriminator": True, "detector": True, "segmenter": True},
-    "lambdas": {"discriminator": 0.05, "detector": 0.1, "segmenter": 0.1},
-    "lr": {"fusion": 1e-3, "discriminator": 1e-4, "detector": 1e-3, "segmenter": 1e-3},
-    "grad_clip": 1.0,
-    # Trust region of the hypergradient's implicit term (bilevel.first_order_hypergradient);
-    # null = no cap. Without it the critic's term reached 1000x |grad_theta F| and the fused
-    # image collapsed (runs/default phase 2, steps 800-1200).
-    "max_correction_ratio": 1.0,
-    # losses.FusionLossWeights fields; empty = that module's defaults.
-    "fusion_loss": {},
-    # Checkpoint whose network weights (fusion and every module it has that this run trains)
-    # start this run; step, optimisers and aggregator start afresh. For a second stage, e.g.
-    # semantic heads fine-tuned on a frozen bi-level fusion net (configs/default_semantic.yaml).
-    # Unlike --resume, which continues the same run exactly.
-    "init_from": None,
-    "aggregation": {
-        "kind": "loss_rate", "temperature": 0.05, "ema": 0.95, "fixed_weights": None,
-        "reset_on_resume": False,
-    },
-    "data": {
-        "root": "../shared/data",
-        "fusion_sets": ["roadscene", "msrs"],
-        "msrs_labels": "labels/fusion",
-        # Held-out MSRS names, never trained on (fusion pool or labelled pool); null means
-        # training.data.MSRS_HOLDOUT_NAMES (8 of 28, 4 of the 8 masked pairs, day and night).
-        "msrs_eval_names": None,
-        "synthetic_train": 64,
-        "synthetic_eval": 16,
-        "synthetic_seed_train": 1,
-        "synthetic_seed_eval": 2,
-        # Labelled pool mix and crop. MSRS-train is 20 pairs against hundreds of synthetic
-        # scenes, so without repeats ~7 % of detector samples are real and the detector fits
-        # the synthetic domain only (held-out MSRS mAP@0.5 ~0.02). msrs_repeat lists MSRS-train
-        # that many times in the labelled pool (the per-epoch permutations then draw it that
-        # much more often). labelled_crop (null = crop) is the labelled pool's crop: MSRS
-        # persons are up to ~300 px tall at 640x480 and are evaluated at full size, so 128 px
-        # crops only ever show fragments of them. labelled_scale_range (null = 0.75-1.25) is
-        # the random rescale of the labelled MSRS pairs.
-        "msrs_repeat": 1,
-        "labelled_crop": None,
-        "labelled_scale_range": None,
-    },
-    "eval": {
-        "every": 50,
-        "folder": "tno",
-        "max_images": 25,
-        "max_side": 0,  # 0 = full resolution
-        "semantic": True,
-        "score_metrics": ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"],
-    },
-    "log_every": 1,
-    "image_every": 0,
-    "checkpoint_every": 50,
-    "out_dir": None,  # default runs/<name>
-    "export": {"enabled": False, "out": None, "parity_sizes": [[256, 320]]},
-    "threads": 0,  # torch intra-op threads (0 = leave torch's default)
-}
-
-
-# ------------------------------------------------------------------------------------------
-# Config
-# ------------------------------------------------------------------------------------------
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """YAML config merged over :data:`DEFAULT_CONFIG`; ``base: other.yaml`` chains files;
-    overrides are ``dotted.key=yaml_value``."""
-    path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config is a mapping")
-    base_name = data.pop("base", None)
-    base = load_config(path.parent / base_name) if base_name else copy.deepcopy(DEFAULT_CONFIG)
-    config = _merge(base, data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        node = config
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    validate_config(config)
-    return config
-
-
-def validate_config(config: dict[str, Any]) -> None:
-    if config["mode"] not in MODES:
-        raise ValueError(f"mode {config['mode']!r} not in {MODES}")
-    unknown = set(config["modules"]) - set(MODULES)
-    if unknown:
-        raise ValueError(f"unknown modules {sorted(unknown)}")
-    if int(config["steps"]) < 0 or int(config["batch_size"]) < 1:
-        raise ValueError("steps must be >= 0 and batch_size >= 1")
-    if int(config["crop"]) % 32:
-        raise ValueError("crop must be a multiple of 32 (the detector's largest stride)")
-
-
-# ------------------------------------------------------------------------------------------
-# Distributed helpers
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """gloo process group when launched by torchrun (WORLD_SIZE > 1), else single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size())
-
-
-def all_reduce_mean(tensors: list[torch.Tensor], info: DistInfo) -> None:
-    if info.world <= 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= info.world
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
-
-
-def broadcast_module(module: nn.Module, info: DistInfo) -> None:
-    if info.world <= 1:
-        return
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=0)
-
-
-def average_buffers(module: nn.Module, info: DistInfo) -> None:
-    floats = [b.data for b in module.buffers() if b.is_floating_point()]
-    all_reduce_mean(floats, info)
-
-
-# ------------------------------------------------------------------------------------------
-# Deterministic batches
-# ------------------------------------------------------------------------------------------
-
-
-def _seed_for(*parts: int) -> int:
-    value = 0x9E3779B1
-    for part in parts:
-        value = (value * 1_000_003 + int(part) + 0x7F4A7C15) % (2**61 - 1)
-    return value % (2**31 - 1)
-
-
-def batch_indices(
-    length: int, batch: int, seed: int, stream: int, step: int, info: DistInfo
-) -> list[int]:
-    """Indices of this rank's batch at ``step`` for one data stream: a pure function of its
-    arguments (per-epoch permutations), so a resumed run draws exactly the same batches."""
-    if length <= 0:
-        raise ValueError("empty data set")
-    out = []
-    cache: dict[int, torch.Tensor] = {}
-    for j in range(batch):
-        position = (step * info.world + info.rank) * batch + j
-        epoch, offset = divmod(position, length)
-        if epoch not in cache:
-            generator = torch.Generator().manual_seed(_seed_for(seed, stream, epoch))
-            cache[epoch] = torch.randperm(length, generator=generator)
-        out.append(int(cache[epoch][offset]))
-    return out
-
-
-def seed_step(seed: int, step: int, rank: int) -> None:
-    value = _seed_for(seed, step, rank, 17)
-    torch.manual_seed(value)
-    np.random.seed(value)
-    random.seed(value)
-
-
-def rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -319,11 +94,6 @@ def _fill(tensors: Iterable[torch.Tensor | None], like: list[nn.Parameter]) -> l
     ]
 
 
-def colour_image(fused_y: torch.Tensor, visible_ycrcb: torch.Tensor) -> torch.Tensor:
-    """RGB the semantic networks see: fused Y + visible CrCb, as the exported graph builds it."""
-    return ycrcb_to_rgb(torch.cat((fused_y, visible_ycrcb[:, 1:]), dim=1))
-
-
 # ------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------
@@ -334,30 +104,29 @@ class Trainer:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: TrainConfig,
         *,
         resume: str | Path | None = None,
         info: DistInfo | None = None,
         quiet: bool = False,
     ) -> None:
-        validate_config(config)
+        validate(config)
         self.config = config
         self.info = info or DistInfo()
         self.quiet = quiet
-        if int(config.get("threads") or 0) > 0:
-            torch.set_num_threads(int(config["threads"]))
-        self.out_dir = Path(config.get("out_dir") or REPO_ROOT / "runs" / config["name"])
-        self.seed = int(config["seed"])
+        if int(config.threads or 0) > 0:
+            torch.set_num_threads(int(config.threads))
+        self.out_dir = config.run_dir
+        self.seed = int(config.seed)
         torch.manual_seed(self.seed)
-        self.mode = config["mode"]
-        modules_on = config["modules"]
-        self.active = [k for k in MODULES if modules_on.get(k, False)]
+        self.mode = config.mode
+        self.active = [k for k in MODULES if getattr(config.modules, k)]
         if self.mode == "fusion_only":
             # No adversarial term in the fusion-only baseline; semantic nets still train
             # on the detached fused image so the semantic ablation numbers exist.
             self.active = [k for k in self.active if k != "discriminator"]
 
-        self.fusion = build_fusion(config["fusion"])
+        self.fusion = build_fusion(config.fusion)
         self.nets: dict[str, nn.Module] = {}
         if "discriminator" in self.active:
             self.nets["discriminator"] = build_discriminator()
@@ -369,43 +138,45 @@ class Trainer:
         for net in self.nets.values():
             broadcast_module(net, self.info)
 
-        lr = config["lr"]
+        lr = config.lr
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "fusion": torch.optim.Adam(self.fusion.parameters(), lr=float(lr["fusion"]))
+            "fusion": torch.optim.Adam(self.fusion.parameters(), lr=float(lr.fusion))
         }
         for k, net in self.nets.items():
             betas = (0.5, 0.9) if k == "discriminator" else (0.9, 0.999)
-            self.optimizers[k] = torch.optim.Adam(net.parameters(), lr=float(lr[k]), betas=betas)
-        agg = config["aggregation"]
+            self.optimizers[k] = torch.optim.Adam(
+                net.parameters(), lr=float(getattr(lr, k)), betas=betas
+            )
+        agg = config.aggregation
         self.aggregator = DynamicAggregator(
-            kind=agg["kind"],
-            temperature=float(agg["temperature"]),
-            ema=float(agg["ema"]),
-            fixed_weights=agg.get("fixed_weights"),
+            kind=agg.kind,
+            temperature=float(agg.temperature),
+            ema=float(agg.ema),
+            fixed_weights=agg.fixed_weights,
         )
-        ratio = config.get("max_correction_ratio")
+        ratio = config.max_correction_ratio
         self.max_correction_ratio = None if ratio is None else float(ratio)
-        self.fusion_loss_weights = losses.FusionLossWeights(**(config.get("fusion_loss") or {}))
+        self.fusion_loss_weights = config.fusion_loss
         self.data = build_data(config, REPO_ROOT)
         self.step = 0
         self.best_metric = -math.inf
         self.history: list[dict[str, float]] = []
         self.writer = None
-        if config.get("init_from") and resume is None:
-            self.load_weights(REPO_ROOT / str(config["init_from"]))
+        if config.init_from and resume is None:
+            self.load_weights(REPO_ROOT / str(config.init_from))
         if resume is not None:
             self.load_checkpoint(resume)
 
     @property
     def fusion_frozen(self) -> bool:
         """fusion_only with lr.fusion 0: the fusion net is a fixed input stage."""
-        return self.mode == "fusion_only" and float(self.config["lr"]["fusion"]) == 0.0
+        return self.mode == "fusion_only" and float(self.config.lr.fusion) == 0.0
 
     # -------------------------------------------------------------- batches
     def _batch(self, pool: str, stream: int) -> dict[str, Any]:
         dataset = self.data.pools[pool]
         indices = batch_indices(
-            len(dataset), int(self.config["batch_size"]), self.seed, stream, self.step, self.info
+            len(dataset), int(self.config.batch_size), self.seed, stream, self.step, self.info
         )
         return self.data.collate([dataset[i] for i in indices])
 
@@ -476,7 +247,7 @@ class Trainer:
             ("fusion", "upper"): self._batch("fusion", 2),
             ("labelled", "upper"): self._batch("labelled", 3),
         }
-        warm = self.step < int(self.config["warmup_steps"])
+        warm = self.step < int(self.config.warmup_steps)
         mode = "fusion_only" if (self.mode == "bilevel" and warm) else self.mode
         if mode == "bilevel" and self.active:
             scalars = self._bilevel_step(batches)
@@ -506,7 +277,7 @@ class Trainer:
         for k in self.active:
             w = _params(self.nets[k])
             pool = self._pool_of(k)
-            for inner in range(int(self.config["lower_steps"])):
+            for inner in range(int(self.config.lower_steps)):
                 fused = fused_by_pool[pool]
                 batch = batches[(pool, "lower")]
                 if inner > 0:  # later inner steps: the same batch, fused image reused
@@ -531,7 +302,7 @@ class Trainer:
     def _bilevel_step(self, batches: dict) -> dict[str, float]:
         theta = _params(self.fusion)
         grads_theta_f, grads_w_f, scalars = self._lower_level(batches, detach_fused=False)
-        lambdas = self.config["lambdas"]
+        lambdas = self.config.lambdas
         hypergrads: dict[str, list[torch.Tensor]] = {}
         task_losses: dict[str, float] = {}
         fusion_losses: dict[str, tuple[torch.Tensor, torch.Tensor, dict]] = {}
@@ -545,7 +316,7 @@ class Trainer:
             fused, fusion_loss, _ = fusion_losses[pool]
             w = _params(self.nets[k])
             l_k = self._task_loss(k, fused, batches[(pool, "upper")], lower=False)
-            upper = fusion_loss + float(lambdas[k]) * l_k
+            upper = fusion_loss + float(getattr(lambdas, k)) * l_k
             grads = torch.autograd.grad(upper, theta + w, retain_graph=True, allow_unused=True)
             g_theta_upper = _fill(grads[: len(theta)], theta)
             g_w_upper = _fill(grads[len(theta) :], w)
@@ -582,7 +353,7 @@ class Trainer:
     def _apply(self, name: str, params: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
         for p, g in zip(params, grads, strict=True):
             p.grad = g
-        clip = float(self.config.get("grad_clip") or 0.0)
+        clip = float(self.config.grad_clip or 0.0)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
         self.optimizers[name].step()
@@ -618,7 +389,7 @@ class Trainer:
 
     def _joint_step(self, batches: dict) -> dict[str, float]:
         scalars: dict[str, float] = {}
-        lambdas = self.config["lambdas"]
+        lambdas = self.config.lambdas
         if "discriminator" in self.nets:  # the critic's own step (GAN), on the lower batch
             batch = batches[("fusion", "lower")]
             with torch.no_grad():
@@ -638,7 +409,7 @@ class Trainer:
         for k in self.active:
             fused, batch = fused_by_pool[self._pool_of(k)]
             l_k = self._task_loss(k, fused, batch, lower=False)
-            total = total + float(lambdas[k]) * l_k
+            total = total + float(getattr(lambdas, k)) * l_k
             scalars[f"upper/{k}"] = float(l_k.detach())
         theta = _params(self.fusion)
         semantic = [k for k in self.active if k != "discriminator"]
@@ -665,7 +436,7 @@ class Trainer:
         disc = self.nets.get("discriminator")
         return {
             "architecture": {
-                "fusion": self.config["fusion"],
+                "fusion": self.config.fusion,
                 "detector": {"num_classes": det.num_classes} if det is not None else None,
                 "segmenter": {"num_classes": seg.num_classes} if seg is not None else None,
             },
@@ -676,7 +447,7 @@ class Trainer:
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "aggregator": self.aggregator.state_dict(),
             "rng": rng_state(),
-            "config": self.config,
+            "config": self.config.to_dict(),
             "step": self.step,
             "best_metric": self.best_metric,
             "data": self.data.provenance,
@@ -698,7 +469,7 @@ class Trainer:
         otherwise a module the checkpoint lacks keeps its fresh initialisation.
         """
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["architecture"]["fusion"] != self.config["fusion"]:
+        if state["architecture"]["fusion"] != self.config.fusion:
             raise ValueError(
                 f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
             )
@@ -721,7 +492,7 @@ class Trainer:
                 opt.load_state_dict(state["optimizers"][k])
         # reset_on_resume: continuing with a changed aggregation signal or temperature starts
         # its history afresh instead of mixing two definitions (breaks exactness on purpose).
-        if not self.config["aggregation"].get("reset_on_resume"):
+        if not self.config.aggregation.reset_on_resume:
             self.aggregator.load_state_dict(state["aggregator"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -729,9 +500,17 @@ class Trainer:
 
     # -------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
-        from training.evaluation import evaluate_trainer
-
-        return evaluate_trainer(self)
+        """Every evaluation the config asks for (:func:`training.evaluation.evaluate`)."""
+        metrics, image = evaluate(
+            self.fusion, self.nets.get("detector"), self.nets.get("segmenter"),
+            self.data, self.config.eval,
+        )
+        if self.writer is not None and image is not None:
+            self.writer.add_image("eval/fused_0", image, self.step, dataformats="HW")
+        self.fusion.train(not self.fusion_frozen)
+        for net in self.nets.values():
+            net.train()
+        return metrics
 
     # -------------------------------------------------------------- loop
     def _log(self, scalars: dict[str, float]) -> None:
@@ -742,13 +521,13 @@ class Trainer:
                 self.writer.add_scalar(key, value, self.step)
 
     def _steps(self) -> Iterator[int]:
-        total = int(self.config["steps"])
+        total = int(self.config.steps)
         progress = None
         if self.info.main and not self.quiet:
             try:
                 from tqdm import tqdm
 
-                progress = tqdm(total=total, initial=self.step, desc=self.config["name"])
+                progress = tqdm(total=total, initial=self.step, desc=self.config.name)
             except ImportError:  # tqdm is a dev requirement; keep training without it
                 progress = None
         while self.step < total:
@@ -759,12 +538,12 @@ class Trainer:
             progress.close()
 
     def train(self) -> list[dict[str, float]]:
-        if self.info.main and self.writer is None and not self.config.get("no_tensorboard"):
+        if self.info.main and self.writer is None and self.config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out_dir / "tb"))
-        eval_every = int(self.config["eval"]["every"] or 0)
-        ckpt_every = int(self.config["checkpoint_every"] or 0)
+        eval_every = int(self.config.eval.every or 0)
+        ckpt_every = int(self.config.checkpoint_every or 0)
         for _ in self._steps():
             scalars = self.train_step()
             for key, value in scalars.items():
@@ -772,10 +551,10 @@ class Trainer:
                     raise FloatingPointError(f"step {self.step}: {key} = {value}")
             scalars["step"] = float(self.step)
             self.history.append(scalars)
-            log_every = int(self.config["log_every"] or 0)
+            log_every = int(self.config.log_every or 0)
             if log_every and self.step % log_every == 0:
                 self._log(scalars)
-            last = self.step == int(self.config["steps"])
+            last = self.step == int(self.config.steps)
             if eval_every and (self.step % eval_every == 0 or last):
                 state = self.checkpoint()  # averages buffers on every rank (collective)
                 if self.info.main:
@@ -794,132 +573,5 @@ class Trainer:
                 self.save_checkpoint(self.out_dir / "last.pt")
         if self.writer is not None:
             self.writer.flush()
-        if self.info.world > 1:
-            dist.barrier()
+        barrier(self.info)
         return self.history
-
-
-# ------------------------------------------------------------------------------------------
-# Data
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingData:
-    """Training pools (``fusion``: unlabelled pairs; ``labelled``: boxes / masks), held-out
-    evaluation sets and a provenance record for checkpoints and bundles."""
-
-    pools: dict[str, torch.utils.data.Dataset]
-    collate: Any
-    msrs_eval: torch.utils.data.Dataset | None
-    synthetic_eval: torch.utils.data.Dataset | None
-    fusion_eval_folder: Path | None
-    provenance: dict[str, Any]
-
-
-def build_data(config: dict[str, Any], repo_root: Path = REPO_ROOT) -> TrainingData:
-    """RoadScene + MSRS-train pairs for fusion; labelled MSRS-train + synthetic for the semantic
-    modules; MSRS eval names, a synthetic eval set and the TNO folder held out."""
-    from torch.utils.data import ConcatDataset
-
-    from training import data as pair_data
-    from training.synthetic import SyntheticPairs
-
-    dcfg = config["data"]
-    root = (repo_root / dcfg["root"]).resolve()
-    crop = int(config["crop"])
-    eval_names = sorted(dcfg.get("msrs_eval_names") or pair_data.MSRS_HOLDOUT_NAMES)
-    msrs = root / "msrs"
-    fusion_parts: list[torch.utils.data.Dataset] = []
-    counts: dict[str, int] = {}
-    msrs_train: list[str] = []
-    if msrs.is_dir():
-        msrs_train = [n for n in pair_data.list_pair_names(msrs) if n not in set(eval_names)]
-        leaked = set(msrs_train) & set(eval_names)
-        if leaked:  # guard, cannot happen by construction
-            raise RuntimeError(f"MSRS eval names in the training split: {sorted(leaked)}")
-    for name in dcfg["fusion_sets"]:
-        folder = root / name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"fusion data set {folder} is missing")
-        if name == "msrs":
-            part = pair_data.PairFolder(folder, names=msrs_train, crop=crop, train=True)
-        elif name == "tno":
-            raise ValueError("tno is the evaluation set; it must not be a training set")
-        else:
-            part = pair_data.PairFolder(folder, crop=crop, train=True)
-        counts[f"fusion/{name}"] = len(part)
-        fusion_parts.append(part)
-
-    labelled_crop = int(dcfg.get("labelled_crop") or crop)
-    scale_cfg = dcfg.get("labelled_scale_range")
-    labelled_scale_range = (
-        (float(scale_cfg[0]), float(scale_cfg[1])) if scale_cfg else pair_data.DEFAULT_SCALE_RANGE
-    )
-    if labelled_crop % 32:
-        raise ValueError("data.labelled_crop must be a multiple of 32 (the detector's stride)")
-    msrs_repeat = int(dcfg.get("msrs_repeat") or 1)
-    if msrs_repeat < 1:
-        raise ValueError("data.msrs_repeat must be >= 1")
-
-    def labelled_msrs(names: list[str], *, train: bool) -> pair_data.PairFolder:
-        return pair_data.PairFolder(
-            msrs,
-            names=names,
-            labels_dir=dcfg["msrs_labels"],
-            masks_dir="masks",
-            mask_map=pair_data.MSRS_MASK_MAP,
-            # Person-only masks: pixels of unlabelled classes (bicycle, car) are unknown.
-            mask_unlabelled_box_classes=(1, 2),
-            crop=labelled_crop,
-            train=train,
-            scale_range=labelled_scale_range,
-        )
-
-    labelled_parts: list[torch.utils.data.Dataset] = []
-    if msrs.is_dir() and msrs_train:
-        part = labelled_msrs(msrs_train, train=True)
-        # The same PairFolder repeated: each listing draws its own random crop per access.
-        labelled_parts.extend([part] * msrs_repeat)
-        counts["labelled/msrs"] = len(part) * msrs_repeat
-    n_synthetic = int(dcfg.get("synthetic_train") or 0)
-    if n_synthetic:
-        labelled_parts.append(
-            SyntheticPairs(
-                n_synthetic, (labelled_crop, labelled_crop),
-                seed=int(dcfg["synthetic_seed_train"]),
-            )
-        )
-        counts["labelled/synthetic"] = n_synthetic
-    if not fusion_parts or not labelled_parts:
-        raise ValueError("need at least one fusion set and one labelled set")
-    msrs_eval = None
-    if msrs.is_dir() and eval_names:
-        msrs_eval = labelled_msrs(eval_names, train=False)
-    n_synthetic_eval = int(dcfg.get("synthetic_eval") or 0)
-    synthetic_eval = (
-        SyntheticPairs(n_synthetic_eval, (crop, crop), seed=int(dcfg["synthetic_seed_eval"]))
-        if n_synthetic_eval
-        else None
-    )
-    folder = config["eval"].get("folder")
-    fusion_eval_folder = (root / folder) if folder else None
-    return TrainingData(
-        pools={"fusion": ConcatDataset(fusion_parts), "labelled": ConcatDataset(labelled_parts)},
-        collate=pair_data.collate_pairs,
-        msrs_eval=msrs_eval,
-        synthetic_eval=synthetic_eval,
-        fusion_eval_folder=fusion_eval_folder,
-        provenance={
-            "root": str(dcfg["root"]),
-            "counts": counts,
-            "msrs_train_names": msrs_train,
-            "msrs_eval_names": eval_names,
-            "synthetic": {
-                "train": n_synthetic,
-                "eval": n_synthetic_eval,
-                "seeds": [dcfg["synthetic_seed_train"], dcfg["synthetic_seed_eval"]],
-            },
-            "fusion_eval_folder": folder,
-        },
-    )
