@@ -113,6 +113,28 @@ def test_calibration_pairs_match_by_name(tmp_path: Path) -> None:
         calibration_pairs(tmp_path / "ir")
 
 
+def test_calibration_inputs_are_the_runtime_preprocessing(tmp_path: Path) -> None:
+    """INT8 calibration sees what the node feeds the graph: resized, YCrCb, / 255, unpadded."""
+    import cv2
+
+    from ros2_bilevel_fusion.backends.tensorrt_backend import _read_pair_for_calibration
+
+    rng = np.random.default_rng(3)
+    ir = rng.integers(0, 256, (50, 70), dtype=np.uint8)
+    visible = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "ir.png"), ir)
+    cv2.imwrite(str(tmp_path / "vi.png"), visible)
+    ir_tensor, visible_tensor = _read_pair_for_calibration(
+        tmp_path / "ir.png", tmp_path / "vi.png", (64, 96)
+    )
+    assert ir_tensor.shape == (1, 1, 64, 96) and visible_tensor.shape == (1, 3, 64, 96)
+    ir_resized = cv2.resize(ir, (96, 64), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(ir_tensor[0, 0], ir_resized / 255.0, atol=1e-6)
+    ycrcb = cv2.cvtColor(cv2.resize(visible, (96, 64), interpolation=cv2.INTER_AREA),
+                         cv2.COLOR_BGR2YCrCb)
+    np.testing.assert_allclose(visible_tensor[0], ycrcb.transpose(2, 0, 1) / 255.0, atol=1e-6)
+
+
 def _require_tensorrt() -> None:
     usable, why = tensorrt_usable()
     if not usable:
