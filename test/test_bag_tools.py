@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from ros2_bilevel_fusion.bag import bagio, pairs_to_bag, replay
+from ros2_bilevel_fusion.messages.codec import ImageCodecError, msg_to_array
+from ros2_bilevel_fusion.messages.stamps import header_stamp_ns, stamp_to_ns
 
 
 def test_plan_stamps_spacing_and_offset() -> None:
@@ -35,17 +37,28 @@ def test_yolo_to_pixel_boxes() -> None:
 
 @pytest.mark.parametrize("encoding,dtype,shape", [
     ("mono8", np.uint8, (5, 7)), ("mono16", np.uint16, (5, 7)), ("bgr8", np.uint8, (5, 7, 3)),
+    ("8UC3", np.uint8, (5, 7, 3)), ("32FC1", np.float32, (5, 7)),
 ])
 def test_image_round_trip_rosbags_and_rclpy(encoding: str, dtype: type, shape: tuple) -> None:
     rng = np.random.default_rng(0)
-    array = rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype)  # synthetic
+    if np.issubdtype(dtype, np.floating):
+        array = rng.normal(300.0, 20.0, size=shape).astype(dtype)  # synthetic thermal
+    else:
+        array = rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype)  # synthetic
     msg = bagio.make_rosbags_image(array, encoding, 1_700_000_000_123_456_789, "cam")
-    assert np.array_equal(bagio.image_msg_to_array(msg), array)
+    assert header_stamp_ns(msg) == 1_700_000_000_123_456_789
+    assert np.array_equal(msg_to_array(msg), array)  # the one codec reads rosbags messages
     rclpy_msg = bagio.rosbags_to_rclpy(msg)
-    assert bagio.header_stamp_ns(rclpy_msg) == 1_700_000_000_123_456_789
-    assert np.array_equal(bagio.image_msg_to_array(rclpy_msg), array)
+    assert header_stamp_ns(rclpy_msg) == 1_700_000_000_123_456_789
+    assert rclpy_msg.header.stamp.nanosec == 123_456_789 and rclpy_msg.header.frame_id == "cam"
+    assert np.array_equal(msg_to_array(rclpy_msg), array)
     direct = bagio.make_rclpy_image(array, encoding, 5, "cam")
-    assert np.array_equal(bagio.image_msg_to_array(direct), array)
+    assert (direct.header.stamp.sec, direct.header.stamp.nanosec) == (0, 5)
+    assert np.array_equal(msg_to_array(direct), array)
+    # Both builders write the same message: identical CDR bytes.
+    assert bagio.rclpy_to_raw(direct) == bagio.rclpy_to_raw(
+        bagio.rosbags_to_rclpy(bagio.make_rosbags_image(array, encoding, 5, "cam"))
+    )
 
 
 def test_image_with_row_padding_and_bad_input() -> None:
@@ -54,15 +67,17 @@ def test_image_with_row_padding_and_bad_input() -> None:
     padded = np.zeros((3, 6), np.uint8)
     padded[:, :4] = array
     msg.step, msg.data = 6, padded.tobytes()
-    assert np.array_equal(bagio.image_msg_to_array(msg), array)
+    assert np.array_equal(msg_to_array(msg), array)
     msg.data = padded.tobytes()[:10]
-    with pytest.raises(bagio.BagError):
-        bagio.image_msg_to_array(msg)
+    with pytest.raises(ImageCodecError):
+        msg_to_array(msg)
     msg.encoding = "yuv422_weird"
-    with pytest.raises(bagio.BagError):
-        bagio.image_msg_to_array(msg)
-    with pytest.raises(bagio.BagError):
-        bagio.array_to_image_fields(np.zeros((2, 2, 3), np.uint8), "mono8")
+    with pytest.raises(ImageCodecError):
+        msg_to_array(msg)
+    with pytest.raises(ImageCodecError):
+        bagio.make_rosbags_image(np.zeros((2, 2, 3), np.uint8), "mono8", 0, "x")
+    with pytest.raises(ImageCodecError):
+        bagio.make_rclpy_image(np.zeros((2, 2), np.uint16), "mono8", 0, "x")
 
 
 def test_read_bag_rejects_non_bag(tmp_path: Path) -> None:
@@ -93,10 +108,10 @@ def test_pairs_to_bag_reads_back(tno_bag: Path, shared_data: Path) -> None:
     by_topic: dict[str, list] = {"/ir/image": [], "/visible/image": []}
     for message in messages:
         decoded = message.decode()
-        assert bagio.header_stamp_ns(decoded) == message.timestamp_ns
+        assert header_stamp_ns(decoded) == message.timestamp_ns
         by_topic[message.topic].append(decoded)
-    visible_stamps = np.array([bagio.header_stamp_ns(m) for m in by_topic["/visible/image"]])
-    ir_stamps = np.array([bagio.header_stamp_ns(m) for m in by_topic["/ir/image"]])
+    visible_stamps = np.array([header_stamp_ns(m) for m in by_topic["/visible/image"]])
+    ir_stamps = np.array([header_stamp_ns(m) for m in by_topic["/ir/image"]])
     assert np.all(np.abs(np.diff(visible_stamps) / 1e6 - 100.0) < 5.0)
     assert np.all(np.abs((ir_stamps - visible_stamps) / 1e6 - 3.0) < 3.0)
     for msg in by_topic["/visible/image"]:
@@ -108,7 +123,7 @@ def test_pairs_to_bag_reads_back(tno_bag: Path, shared_data: Path) -> None:
     # The first IR frame is the real TNO image 01, resized.
     expected = cv2.resize(cv2.imread(str(shared_data / "tno/ir/01.png"), cv2.IMREAD_GRAYSCALE),
                           (320, 240), interpolation=cv2.INTER_AREA)
-    assert np.array_equal(bagio.image_msg_to_array(by_topic["/ir/image"][0]), expected)
+    assert np.array_equal(msg_to_array(by_topic["/ir/image"][0]), expected)
     assert bagio.read_label_sidecar(tno_bag) == {}
 
 
@@ -123,14 +138,14 @@ def test_pairs_to_bag_labels_and_mono16(shared_data: Path, tmp_path: Path) -> No
     visible = [m.decode() for m in bagio.read_bag(out, ["/visible/image"])]
     ir = [m.decode() for m in bagio.read_bag(out, ["/ir/image"])]
     assert ir[0].encoding == "mono16" and ir[0].header.frame_id == "thermal"
-    assert bagio.image_msg_to_array(ir[0]).max() > 255
+    assert msg_to_array(ir[0]).max() > 255
     labels = bagio.read_label_sidecar(out)
-    assert set(labels) <= {bagio.header_stamp_ns(m) for m in visible}
+    assert set(labels) <= {header_stamp_ns(m) for m in visible}
     first = pairs_to_bag.find_pairs(shared_data / "msrs/ir", shared_data / "msrs/vi")[0]
     label_text = (shared_data / "msrs/labels/fusion" / f"{first.name}.txt").read_text()
     width, height = visible[0].width, visible[0].height
     expected = pairs_to_bag.yolo_to_pixel_boxes(label_text, width, height)
-    assert labels.get(bagio.header_stamp_ns(visible[0]), []) == expected
+    assert labels.get(header_stamp_ns(visible[0]), []) == expected
 
 
 def test_pairs_to_bag_errors(tmp_path: Path) -> None:
@@ -176,9 +191,9 @@ def _collect_replay(bag: Path, options: replay.ReplayOptions, topics: dict[str, 
             listener.create_subscription(
                 Image, topic,
                 lambda msg, t=topic: received[t].append(
-                    (bagio.header_stamp_ns(msg), time.time_ns())), qos)
+                    (header_stamp_ns(msg), time.time_ns())), qos)
         listener.create_subscription(Clock, "/clock",
-                                     lambda msg: clocks.append(bagio.stamp_to_ns(msg.clock)), 10)
+                                     lambda msg: clocks.append(stamp_to_ns(msg.clock)), 10)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(listener)
         spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -44,7 +44,7 @@ def synthetic_array(encoding: str, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, 65536, (H, W), dtype=np.uint16)
     if encoding == "32FC1":
         return rng.normal(300.0, 20.0, (H, W)).astype(np.float32)
-    if encoding in ("rgb8", "bgr8"):
+    if encoding in ("rgb8", "bgr8", "8UC3"):
         return rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     if encoding in ("rgba8", "bgra8"):
         return rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
@@ -57,7 +57,7 @@ LOSSY = sorted(e for e in SUPPORTED_ENCODINGS if e.startswith(("yuv", "bayer")))
 
 def test_supported_encodings_are_the_agreed_set() -> None:
     assert SUPPORTED_ENCODINGS == {
-        "mono8", "mono16", "8UC1", "16UC1", "32FC1", "rgb8", "bgr8", "rgba8", "bgra8",
+        "mono8", "mono16", "8UC1", "16UC1", "32FC1", "rgb8", "bgr8", "8UC3", "rgba8", "bgra8",
         "yuv422", "yuv422_yuy2", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8",
     }  # fmt: skip
 
@@ -293,3 +293,14 @@ def test_msg_round_trip() -> None:
     assert (msg.height, msg.width, msg.step, msg.encoding) == (H, W, 2 * W, "mono16")
     assert isinstance(msg.data, array.array)
     np.testing.assert_array_equal(codec.msg_to_array(msg), original)
+
+
+def test_8uc3_reads_as_bgr_and_encode_array_is_the_message_data() -> None:
+    image = synthetic_smooth_bgr()
+    height, width, step, data = codec.encode_array(image, "8UC3")
+    assert data.dtype == np.uint8 and data.ndim == 1 and data.size == step * height
+    decoded = decode(height, width, "8UC3", step, 0, data)
+    np.testing.assert_array_equal(to_bgr8(decoded, "8UC3"), image)
+    np.testing.assert_array_equal(to_mono8(decoded, "8UC3"), to_mono8(image, "bgr8"))
+    # encode() is the same data as bytes
+    assert encode(image, "8UC3") == (height, width, step, data.tobytes())

@@ -16,6 +16,8 @@ from ros2_bilevel_fusion.bag.bagio import BagError
 from ros2_bilevel_fusion.core import resources
 from ros2_bilevel_fusion.core.bundle import MODEL_YAML
 from ros2_bilevel_fusion.evaluation import demo
+from ros2_bilevel_fusion.messages import stamps
+from ros2_bilevel_fusion.messages.detections import DetectionsJson
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +51,19 @@ def test_demo_writes_report_images_and_detections(demo_run: Path, demo_bundle: P
     assert summary["pairs_out"] + dropped >= summary["input_pairs_published"] - 1
     assert summary["latency_ms_p50"] > 0
     assert summary["inference_ms_p50"] is not None and summary["inference_ms_p50"] > 0
-    assert summary["node_exit_code"] is not None
+    # live_run stops the node with SIGINT: it must shut down cleanly (exit 0), not need the
+    # SIGTERM/SIGKILL fallbacks (negative codes) or die with an error.
+    assert summary["node_exit_code"] == 0, (demo_run / "node.log").read_text()[-2000:]
+    topics = recorder.output_topics()
+    assert summary["records"][topics["fused"]] == summary["pairs_out"]
 
     fused = sorted((demo_run / "fused").glob("*.png"))
-    assert len(fused) == summary["pairs_out"]
+    assert len(fused) == summary["pairs_out"] == summary["pngs"]["fused"]
+    for folder in ("segmentation", "debug"):
+        assert len(list((demo_run / folder).glob("*.png"))) == summary["pngs"][folder]
+    # PNG names are <index>_<stamp_ns>: the recorded order is the stamp order.
+    fused_stamps = [int(path.stem.split("_")[1]) for path in fused]
+    assert fused_stamps == sorted(set(fused_stamps))
     image = cv2.imread(str(fused[0]), cv2.IMREAD_UNCHANGED)
     assert image.shape[:2] == (480, 640)
     assert any((demo_run / "debug").glob("*.png"))
@@ -63,13 +74,26 @@ def test_demo_writes_report_images_and_detections(demo_run: Path, demo_bundle: P
 
     detections = json.loads((demo_run / "detections.json").read_text())
     assert len(detections) > 0
-    assert all("detections" in d and d["stamp_ns"] > 0 for d in detections)
+    assert len(detections) == summary["records"][topics["detections/json"]]
+    for document in detections:
+        # The recorded stamp is the one inside the JSON, and belongs to a fused image.
+        assert document["stamp_ns"] == stamps.dict_to_ns(document["stamp"]) > 0
+        assert document["stamp_ns"] in fused_stamps
+        parsed = DetectionsJson.from_dict(document)
+        assert parsed.image_size == (640, 480) and parsed.stamp_ns == document["stamp_ns"]
+    boxes = sum(len(d["detections"]) for d in detections)
 
     report = (demo_run / "report.md").read_text()
     for needle in ("input pairs published", "latency", "inference", "drops by reason",
                    summary["backend"]):
         assert needle in report
     assert f"| fused images received | {summary['pairs_out']} |" in report
+    assert f"| input pairs published | {summary['input_pairs_published']} |" in report
+    assert f"| detection messages / boxes | {len(detections)} / {boxes} |" in report
+    assert (f"| latency input stamp -> fused received, p50 / p95 | "
+            f"{summary['latency_ms_p50']:.1f} ms / {summary['latency_ms_p95']:.1f} ms |") in report
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(summary["drops_by_reason"].items()))
+    assert f"| drops by reason (node diagnostics) | {drops or 'none'} |" in report
 
 
 def test_demo_fails_clearly_on_missing_bundle(tmp_path: Path) -> None:

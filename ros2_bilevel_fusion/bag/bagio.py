@@ -7,8 +7,8 @@ Pure helpers shared by the replayer, the pairs-to-bag converter, the recorder an
   ``rosbags`` message and :func:`raw_to_rclpy` the rclpy one (the CDR bytes are the same, so this is
   one C call, no per-field copy).
 * :class:`ImageBagWriter` writes ``sensor_msgs/msg/Image`` messages from numpy arrays.
-* :func:`image_msg_to_array` / :func:`array_to_image_fields` convert any Image-like message (rosbags
-  or rclpy; both have height, width, encoding, step, data) to and from numpy.
+* Images are converted by :mod:`ros2_bilevel_fusion.messages.codec` (rosbags and rclpy messages
+  have the same fields), stamps by :mod:`ros2_bilevel_fusion.messages.stamps`.
 * The label side-car (``labels.json`` inside the bag folder): ``{visible_stamp_ns: [{"class": int,
   "cx": float, "cy": float, "w": float, "h": float}, ...]}`` with box centre and size in pixels of
   the image as stored in the bag. :func:`read_label_sidecar` returns it with integer keys.
@@ -20,7 +20,6 @@ import contextlib
 import functools
 import importlib
 import json
-from array import array as ByteArray
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,25 +32,13 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlu
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
+from ros2_bilevel_fusion.messages import codec
+from ros2_bilevel_fusion.messages.stamps import ns_to_sec_nanosec, set_stamp
+
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
 LABELS_SIDECAR = "labels.json"
 # rosbag2 metadata version written by ROS 2 Kilted (the distro our wheels come from).
 BAG_VERSION = 9
-
-# encoding -> (numpy dtype, channels)
-IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgb8": (np.dtype(np.uint8), 3),
-    "8UC3": (np.dtype(np.uint8), 3),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "32FC1": (np.dtype(np.float32), 1),
-}
-
 
 class BagError(RuntimeError):
     """A bag is missing, unreadable or holds something we cannot convert."""
@@ -124,87 +111,20 @@ def read_bag(bag: Path, topics: Sequence[str] | None = None) -> Iterator[BagMess
             yield BagMessage(connection.topic, connection.msgtype, int(timestamp), bytes(raw))
 
 
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (rosbags or rclpy) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def header_stamp_ns(msg: Any) -> int:
-    return stamp_to_ns(msg.header.stamp)
-
-
-def image_msg_to_array(msg: Any) -> np.ndarray:
-    """An Image message (rosbags or rclpy) -> HxW or HxWxC numpy array (a copy).
-
-    Channel order is as encoded (bgr8 stays BGR). Padding at the end of rows (step larger than
-    width * pixel size) is removed.
-    """
-    encoding = str(msg.encoding)
-    if encoding not in IMAGE_ENCODINGS:
-        raise BagError(f"unsupported image encoding {encoding!r}")
-    dtype, channels = IMAGE_ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row_bytes = width * channels * dtype.itemsize
-    buffer = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
-    if step < row_bytes or buffer.size < step * height:
-        raise BagError(
-            f"image data too short: {buffer.size} bytes for {height}x{width} {encoding} "
-            f"with step {step}"
-        )
-    rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
-    big_endian = bool(msg.is_bigendian)
-    pixel_dtype = dtype.newbyteorder(">" if big_endian else "<") if dtype.itemsize > 1 else dtype
-    array = np.ascontiguousarray(rows).view(pixel_dtype).astype(dtype, copy=False)
-    shape = (height, width) if channels == 1 else (height, width, channels)
-    return array.reshape(shape).copy()
-
-
-@dataclass(frozen=True)
-class ImageFields:
-    height: int
-    width: int
-    encoding: str
-    step: int
-    data: np.ndarray  # flat uint8
-
-
-def array_to_image_fields(array: np.ndarray, encoding: str) -> ImageFields:
-    """numpy image -> the fields of a sensor_msgs/Image (little endian, no row padding)."""
-    if encoding not in IMAGE_ENCODINGS:
-        raise BagError(f"unsupported image encoding {encoding!r}")
-    dtype, channels = IMAGE_ENCODINGS[encoding]
-    array = np.asarray(array)
-    expected_ndim = 2 if channels == 1 else 3
-    if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels):
-        raise BagError(f"array of shape {array.shape} does not fit encoding {encoding}")
-    if array.dtype != dtype:
-        raise BagError(f"array dtype {array.dtype} does not fit encoding {encoding} ({dtype})")
-    height, width = array.shape[:2]
-    data = np.ascontiguousarray(array.astype(dtype.newbyteorder("<"), copy=False)).view(np.uint8)
-    return ImageFields(
-        height=height,
-        width=width,
-        encoding=encoding,
-        step=width * channels * dtype.itemsize,
-        data=data.reshape(-1),
-    )
-
-
 def make_rosbags_image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Any:
     """A rosbags sensor_msgs/msg/Image dataclass from a numpy image."""
     types = typestore().types
-    fields = array_to_image_fields(array, encoding)
-    stamp = types["builtin_interfaces/msg/Time"](
-        sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000
-    )
+    height, width, step, data = codec.encode_array(array, encoding)
+    sec, nanosec = ns_to_sec_nanosec(stamp_ns)
+    stamp = types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
     return types[IMAGE_MSGTYPE](
         header=types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id),
-        height=fields.height,
-        width=fields.width,
-        encoding=fields.encoding,
+        height=height,
+        width=width,
+        encoding=encoding,
         is_bigendian=0,
-        step=fields.step,
-        data=fields.data,
+        step=step,
+        data=data,
     )
 
 
@@ -243,18 +163,9 @@ def rclpy_to_rosbags(msg: Any, msgtype: str) -> Any:
 
 def make_rclpy_image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Any:
     """An rclpy sensor_msgs/msg/Image from a numpy image."""
-    image_class = rclpy_message_class(IMAGE_MSGTYPE)
-    fields = array_to_image_fields(array, encoding)
-    msg = image_class()
-    msg.header.stamp.sec = stamp_ns // 1_000_000_000
-    msg.header.stamp.nanosec = stamp_ns % 1_000_000_000
+    msg = codec.array_to_msg(array, encoding)
+    set_stamp(msg.header.stamp, stamp_ns)
     msg.header.frame_id = frame_id
-    msg.height, msg.width, msg.encoding = fields.height, fields.width, fields.encoding
-    msg.is_bigendian, msg.step = 0, fields.step
-    # array.array is taken as is by the generated setter; bytes go through a per-element check.
-    buffer = ByteArray("B")
-    buffer.frombytes(fields.data.tobytes())
-    msg.data = buffer
     return msg
 
 

@@ -3,8 +3,9 @@
 Per topic it keeps :class:`Record` (header stamp, receive wall time, decoded payload):
 
 * images (fused, segmentation, segmentation/color, debug_image): numpy arrays via
-  ``codec.msg_to_array`` (bagio's decoder when codec is absent);
-* ``detections/json`` (std_msgs/String): the parsed JSON; ``detections`` (vision_msgs, only when
+  ``codec.msg_to_array``;
+* ``detections/json`` (std_msgs/String): the parsed JSON (schema and stamp:
+  :mod:`ros2_bilevel_fusion.messages.detections`); ``detections`` (vision_msgs, only when
   importable): a list of ``{"class_id", "score", "cx", "cy", "w", "h"}``;
 * ``/diagnostics``: ``{status name: {"level", "message", key: value, ...}}``;
 * inputs (``/ir/image``, ``/visible/image``): stamps and receive times only (no pixel copy).
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ros2_bilevel_fusion.messages.codec import msg_to_array
+from ros2_bilevel_fusion.messages.detections import detection2d_array_to_list, payload_stamp_ns
+from ros2_bilevel_fusion.messages.stamps import header_stamp_ns
 
 LOG = logging.getLogger("fusion-recorder")
 
@@ -65,31 +68,6 @@ def diagnostics_to_dict(msg: Any) -> dict[str, dict[str, Any]]:
             entry[str(item.key)] = str(item.value)
         statuses[str(status.name)] = entry
     return statuses
-
-
-def detection_array_to_list(msg: Any) -> list[dict[str, Any]]:
-    """vision_msgs/Detection2DArray -> plain dicts (best hypothesis per detection)."""
-    detections = []
-    for detection in msg.detections:
-        best = max(detection.results, key=lambda r: r.hypothesis.score, default=None)
-        center = detection.bbox.center
-        position = getattr(center, "position", center)  # Humble+ Pose2D has .position
-        detections.append({
-            "class_id": best.hypothesis.class_id if best is not None else "",
-            "score": float(best.hypothesis.score) if best is not None else 0.0,
-            "cx": float(position.x),
-            "cy": float(position.y),
-            "w": float(detection.bbox.size_x),
-            "h": float(detection.bbox.size_y),
-        })
-    return detections
-
-
-def _stamp_ns(msg: Any) -> int:
-    header = getattr(msg, "header", None)
-    if header is None:
-        return 0
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 def _decode_image(msg: Any) -> Any:
@@ -185,18 +163,19 @@ class OutputRecorder:
             elif kind == "detections_json":
                 payload = json.loads(msg.data)
             elif kind == "detections_msg":
-                payload = detection_array_to_list(msg)
+                payload = detection2d_array_to_list(msg)
             elif kind == "diagnostics":
                 payload = diagnostics_to_dict(msg)
         except Exception as exc:  # keep recording; count what could not be decoded
             with self._lock:
                 self.decode_errors[topic] = self.decode_errors.get(topic, 0) + 1
             LOG.warning("cannot decode a message on %s: %s", topic, exc)
-        stamp_ns = _stamp_ns(msg)
-        if kind == "detections_json" and isinstance(payload, dict) and "stamp" in payload:
+        stamp_ns = header_stamp_ns(msg, default=0)
+        if kind == "detections_json" and isinstance(payload, dict):
             # std_msgs/String has no header; the node writes the pair's stamp into the JSON.
-            stamp = payload["stamp"]
-            stamp_ns = int(stamp.get("sec", 0)) * 1_000_000_000 + int(stamp.get("nanosec", 0))
+            payload_stamp = payload_stamp_ns(payload)
+            if payload_stamp is not None:
+                stamp_ns = payload_stamp
         with self._lock:
             self.records[topic].append(Record(stamp_ns, receive_ns, payload))
 

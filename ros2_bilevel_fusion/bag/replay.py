@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ros2_bilevel_fusion.bag.bagio import BagError, BagMessage, bag_topics, raw_to_rclpy, read_bag
+from ros2_bilevel_fusion.messages.stamps import header_stamp_ns, set_stamp
 
 LOG = logging.getLogger("fusion-replay")
 
@@ -122,15 +123,6 @@ def percentile_ms(values_ns: Sequence[int], q: float) -> float:
     return float(np.percentile(np.asarray(values_ns, dtype=np.float64), q) / 1e6)
 
 
-def _set_stamp(msg: Any, stamp_ns: int) -> None:
-    msg.header.stamp.sec = stamp_ns // 1_000_000_000
-    msg.header.stamp.nanosec = stamp_ns % 1_000_000_000
-
-
-def _stamp_of(msg: Any) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
 def make_qos(kind: str, depth: int) -> Any:
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -212,7 +204,7 @@ def replay_messages(node: Any, options: ReplayOptions,
 
     def publish_clock(sim_ns: int) -> None:
         message = Clock()
-        message.clock.sec, message.clock.nanosec = divmod(sim_ns, 1_000_000_000)
+        set_stamp(message.clock, sim_ns)
         clock_publisher.publish(message)
 
     def sim_time_at(offset_ns: int) -> int:
@@ -286,8 +278,8 @@ def _payload(message: BagMessage, loop: int, period_ns: int, options: ReplayOpti
     msg = raw_to_rclpy(message.raw, message.msgtype)
     if not hasattr(msg, "header"):
         return message.raw
-    _set_stamp(msg, shifted_stamp_ns(
-        _stamp_of(msg), message.timestamp_ns, loop=loop, period_ns=period_ns,
+    set_stamp(msg.header.stamp, shifted_stamp_ns(
+        header_stamp_ns(msg), message.timestamp_ns, loop=loop, period_ns=period_ns,
         restamp=options.restamp, wall_start_ns=wall_start_ns, bag_start_ns=bag_start_ns,
         rate=options.rate,
     ))

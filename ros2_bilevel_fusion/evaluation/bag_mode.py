@@ -26,7 +26,9 @@ from ros2_bilevel_fusion.evaluation.folder import (
     visible_luma,
 )
 from ros2_bilevel_fusion.evaluation.semantic_metrics import detection_map
+from ros2_bilevel_fusion.messages import codec
 from ros2_bilevel_fusion.messages.detections import DetectionsJson, payload_stamp_ns
+from ros2_bilevel_fusion.messages.stamps import header_stamp_ns
 
 LOG = logging.getLogger("fusion-eval")
 
@@ -44,17 +46,16 @@ class BagFrame:
 def read_bag_frames(bag: Path, topic: str, grey: bool) -> list[BagFrame]:
     """Every image of ``topic`` in bag order, converted as the node converts it (codec)."""
     from ros2_bilevel_fusion.bag import bagio
-    from ros2_bilevel_fusion.messages import codec
 
     frames = []
     for message in bagio.read_bag(bag, [topic]):
         msg = message.decode()
-        array = bagio.image_msg_to_array(msg)
+        array = codec.msg_to_array(msg)
         encoding = str(msg.encoding)
         # 16-bit/float IR: codec's default stretch per frame (the node's gain is stateful).
         image = codec.to_mono8(array, encoding) if grey else codec.to_bgr8(array, encoding)
         frames.append(
-            BagFrame(bagio.header_stamp_ns(msg), message.timestamp_ns, np.ascontiguousarray(image))
+            BagFrame(header_stamp_ns(msg), message.timestamp_ns, np.ascontiguousarray(image))
         )
     return frames
 

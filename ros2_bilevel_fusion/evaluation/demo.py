@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.bag.bagio import BagError, image_msg_to_array, read_bag
+from ros2_bilevel_fusion.bag.bagio import BagError, read_bag
 from ros2_bilevel_fusion.bag.live_run import (
     LiveRunError,
     LiveRunResult,
@@ -37,6 +37,7 @@ from ros2_bilevel_fusion.bag.pairs_to_bag import IR_TOPIC, VISIBLE_TOPIC
 from ros2_bilevel_fusion.bag.replay import loop_period_ns
 from ros2_bilevel_fusion.core import resources
 from ros2_bilevel_fusion.core.bundle import BundleError, load_bundle
+from ros2_bilevel_fusion.messages.codec import ImageCodecError, msg_to_array
 
 LOG = logging.getLogger("fusion-demo")
 
@@ -108,7 +109,7 @@ def bag_frames(bag: Path, topic: str) -> list[np.ndarray]:
     """Images of one topic of the bag, in order, as 3-channel BGR (for the overview)."""
     frames = []
     for message in read_bag(bag, [topic]):
-        image = image_msg_to_array(message.decode())
+        image = msg_to_array(message.decode())
         if image.dtype != np.uint8:
             image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
         frames.append(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image)
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=args.timeout,
         )
         report, _ = run_demo(options)
-    except (BundleError, BagError, LiveRunError, resources.ResourceError) as exc:
+    except (BundleError, BagError, ImageCodecError, LiveRunError, resources.ResourceError) as exc:
         LOG.error("%s", exc)
         return 1
     print(report)

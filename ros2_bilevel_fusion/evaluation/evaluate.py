@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # Bundle, backend and bag errors are defined in other modules (imported lazily so
         # that --help works without them); a user error there is a message, not a traceback.
-        if type(exc).__name__ in ("BundleError", "BackendError", "BagError"):
+        if type(exc).__name__ in ("BundleError", "BackendError", "BagError", "ImageCodecError"):
             LOG.error("%s", exc)
             return 2
         raise

@@ -1,8 +1,10 @@
 """sensor_msgs/Image <-> numpy, for every common encoding, plus thermal automatic gain control.
 
-The pure functions (:func:`decode`, :func:`encode`, :class:`AutoGain`, :func:`to_mono8`,
-:func:`to_bgr8`) need only numpy and OpenCV. :func:`msg_to_array` and :func:`array_to_msg` are
-thin wrappers over a ``sensor_msgs.msg.Image`` and need ROS only when called.
+The one Image codec of the package: the node, the bag tools and the evaluation all use it.
+The pure functions (:func:`decode`, :func:`encode`, :func:`encode_array`, :class:`AutoGain`,
+:func:`to_mono8`, :func:`to_bgr8`) need only numpy and OpenCV. :func:`msg_to_array` reads any
+Image-like message (rclpy's, or rosbags' dataclass: the same field names);
+:func:`array_to_msg` builds an rclpy ``sensor_msgs.msg.Image`` and needs ROS only when called.
 
 Conventions:
 
@@ -56,6 +58,7 @@ _LAYOUTS: dict[str, _Layout] = {
     "32FC1": _Layout(1, _F32),
     "rgb8": _Layout(3, _U8),
     "bgr8": _Layout(3, _U8),
+    "8UC3": _Layout(3, _U8),  # read as BGR (OpenCV's order for a 3-channel 8-bit image)
     "rgba8": _Layout(4, _U8),
     "bgra8": _Layout(4, _U8),
     "yuv422": _Layout(3, _U8, cv2.COLOR_YUV2BGR_UYVY, raw_channels=2),
@@ -170,12 +173,13 @@ def encode(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
     The array must have the shape and dtype :func:`decode` returns for ``encoding``; yuv422*
     and bayer* take a bgr8 HxWx3 array (lossy).
     """
-    height, width, step, raw = _encode_raw(array_in, encoding)
+    height, width, step, raw = encode_array(array_in, encoding)
     return height, width, step, raw.tobytes()
 
 
-def _encode_raw(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, np.ndarray]:
-    """Like :func:`encode`, but the data as a C-contiguous array (possibly ``array_in``)."""
+def encode_array(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, np.ndarray]:
+    """Like :func:`encode`, but the data as a flat uint8 array (a view of ``array_in`` when it
+    is already C-contiguous little-endian): what a rosbags Image's ``data`` field holds."""
     layout = _layout(encoding)
     image = np.asarray(array_in)
     expected_channels = layout.channels
@@ -205,11 +209,12 @@ def _encode_raw(array_in: np.ndarray, encoding: str) -> tuple[int, int, int, np.
         image = _bgr_to_bayer(image, encoding)
     image = np.ascontiguousarray(image, dtype=layout.dtype)
     step = image.strides[0]
-    return height, width, step, image
+    return height, width, step, image.view(np.uint8).reshape(-1)
 
 
 def msg_to_array(msg: Any) -> np.ndarray:
-    """Decode a sensor_msgs/Image (zero-copy where :func:`decode` can)."""
+    """Decode a sensor_msgs/Image, rclpy or rosbags (zero-copy where :func:`decode` can: copy
+    the result before writing to it or keeping it past the message's life)."""
     return decode(msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian, msg.data)
 
 
@@ -217,7 +222,7 @@ def array_to_msg(array_in: np.ndarray, encoding: str, header: Any = None) -> Any
     """Build a sensor_msgs/Image; ``header`` (std_msgs/Header) is copied in when given."""
     if _ImageMsg is None:
         raise ImportError("sensor_msgs is not importable; array_to_msg needs ROS 2 messages")
-    height, width, step, raw = _encode_raw(array_in, encoding)
+    height, width, step, raw = encode_array(array_in, encoding)
     msg = _ImageMsg()
     if header is not None:
         msg.header = header

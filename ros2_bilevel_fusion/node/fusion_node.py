@@ -9,10 +9,8 @@ inference is slower than the cameras the newest pair wins and the superseded one
 
 Detections: vision_msgs/Detection2DArray on ``~/detections`` when vision_msgs imports (it is not
 on PyPI, so pip-only installs lack it; the node then logs once that the topic is off). The same
-detections are always published as JSON (std_msgs/String) on ``~/detections/json``:
-``{"stamp": {"sec", "nanosec"}, "frame_id", "image_size": [w, h], "detections": [{"class_id",
-"class_name", "score", "bbox": {"x_min", "y_min", "x_max", "y_max", "center_x", "center_y",
-"size_x", "size_y"}}]}`` in visible-image pixels.
+detections are always published as JSON (std_msgs/String) on ``~/detections/json``; both
+conversions and the JSON schema are in :mod:`ros2_bilevel_fusion.messages.detections`.
 
 Rendered views cost CPU, so ``~/debug_image`` and ``~/segmentation/color`` are computed and
 published only while someone subscribes to them; ``~/fused``, ``~/segmentation`` and the
@@ -25,7 +23,6 @@ Run: ``python -m ros2_bilevel_fusion.node.fusion_node --ros-args -p bundle_path:
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +74,12 @@ from ros2_bilevel_fusion.messages.codec import (
     to_bgr8,
     to_mono8,
 )
+from ros2_bilevel_fusion.messages.detections import (
+    DetectionsJson,
+    detection2d_array_class,
+    to_detection2d_array,
+)
+from ros2_bilevel_fusion.messages.stamps import stamp_to_ns
 from ros2_bilevel_fusion.node.diagnostics import (
     DropCounter,
     HealthSnapshot,
@@ -101,11 +104,6 @@ try:  # Not on PyPI: present only in a full ROS 2 install.
     import message_filters
 except ImportError:
     message_filters = None
-
-try:
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
-except ImportError:
-    Detection2D = Detection2DArray = ObjectHypothesisWithPose = None
 
 STREAM_NAMES = ("ir", "visible")
 NODE_NAME = "fusion_node"
@@ -140,10 +138,6 @@ def qos_for(name: str, depth: int) -> QoSProfile:
     return profile
 
 
-def stamp_to_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def check_image_size(msg: Image) -> str | None:
     """Reason the data length disagrees with the header, or None (cheap, before decoding)."""
     expected = int(msg.step) * int(msg.height)
@@ -153,66 +147,6 @@ def check_image_size(msg: Image) -> str | None:
     if actual != expected:
         return f"data has {actual} bytes, header says step*height = {expected}"
     return None
-
-
-def detections_to_json(
-    detections: Any, class_names: tuple[str, ...], header: Any, image_hw: tuple[int, int]
-) -> str:
-    items = []
-    for box, score, class_id in zip(
-        detections.boxes, detections.scores, detections.class_ids, strict=True
-    ):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        cid = int(class_id)
-        items.append(
-            {
-                "class_id": cid,
-                "class_name": class_names[cid] if 0 <= cid < len(class_names) else str(cid),
-                "score": round(float(score), 5),
-                "bbox": {
-                    "x_min": x1,
-                    "y_min": y1,
-                    "x_max": x2,
-                    "y_max": y2,
-                    "center_x": (x1 + x2) / 2.0,
-                    "center_y": (y1 + y2) / 2.0,
-                    "size_x": x2 - x1,
-                    "size_y": y2 - y1,
-                },
-            }
-        )
-    return json.dumps(
-        {
-            "stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
-            "frame_id": header.frame_id,
-            "image_size": [int(image_hw[1]), int(image_hw[0])],
-            "detections": items,
-        }
-    )
-
-
-def detections_to_vision_msgs(detections: Any, class_names: tuple[str, ...], header: Any) -> Any:
-    array = Detection2DArray()
-    array.header = header
-    for box, score, class_id in zip(
-        detections.boxes, detections.scores, detections.class_ids, strict=True
-    ):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        det = Detection2D()
-        det.header = header
-        det.bbox.center.position.x = (x1 + x2) / 2.0
-        det.bbox.center.position.y = (y1 + y2) / 2.0
-        det.bbox.size_x = x2 - x1
-        det.bbox.size_y = y2 - y1
-        hypothesis = ObjectHypothesisWithPose()
-        cid = int(class_id)
-        hypothesis.hypothesis.class_id = (
-            class_names[cid] if 0 <= cid < len(class_names) else str(cid)
-        )
-        hypothesis.hypothesis.score = float(score)
-        det.results = [hypothesis]
-        array.detections.append(det)
-    return array
 
 
 def _coerce_override(override: Parameter | None, default: Any) -> Any:
@@ -407,8 +341,9 @@ class FusionNode(Node):
         self._pub_debug = self.create_publisher(Image, "~/debug_image", out_qos)
         self._pub_det_json = self.create_publisher(String, "~/detections/json", out_qos)
         self._pub_det = None
-        if Detection2DArray is not None:
-            self._pub_det = self.create_publisher(Detection2DArray, "~/detections", out_qos)
+        detection_array = detection2d_array_class()
+        if detection_array is not None:
+            self._pub_det = self.create_publisher(detection_array, "~/detections", out_qos)
         else:
             self.get_logger().warning(
                 "vision_msgs is not importable: ~/detections (Detection2DArray) is off; "
@@ -569,10 +504,14 @@ class FusionNode(Node):
         if p.publish_detections and result.detections is not None and bundle.detection:
             classes = tuple(bundle.detection.classes)
             self._pub_det_json.publish(
-                String(data=detections_to_json(result.detections, classes, header, image_hw))
+                String(
+                    data=DetectionsJson.from_detections(
+                        result.detections, classes, header, image_hw
+                    ).to_json()
+                )
             )
             if self._pub_det is not None:
-                self._pub_det.publish(detections_to_vision_msgs(result.detections, classes, header))
+                self._pub_det.publish(to_detection2d_array(result.detections, classes, header))
         if p.publish_segmentation and result.seg_labels is not None and bundle.segmentation:
             self._pub_seg.publish(array_to_msg(result.seg_labels, "mono8", header))
             if self._pub_seg_color.get_subscription_count() > 0:
