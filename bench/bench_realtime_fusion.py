@@ -87,7 +87,7 @@ def compare_quality(steps: int, lr: float, data_root: Path) -> dict[str, dict[st
     from torch.utils.data import ConcatDataset, DataLoader
 
     from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, mean_metrics
-    from training.data import PairFolder, collate_pairs, msrs_pairs
+    from training.datasets import PairFolder, collate_pairs, msrs_pairs
     from training.losses import fusion_loss
     from training.models import build_fusion
 

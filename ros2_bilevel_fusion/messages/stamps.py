@@ -38,11 +38,6 @@ def header_stamp_ns(msg: Any, default: int | None = None) -> int:
     return stamp_to_ns(header.stamp)
 
 
-def stamp_to_dict(stamp: Any) -> dict[str, int]:
-    """builtin_interfaces/Time -> ``{"sec": ..., "nanosec": ...}`` (the JSON form)."""
-    return {"sec": int(stamp.sec), "nanosec": int(stamp.nanosec)}
-
-
 def dict_to_ns(stamp: Mapping[str, Any]) -> int:
     """``{"sec", "nanosec"}`` (missing fields are 0) -> integer nanoseconds."""
     return int(stamp.get("sec", 0)) * NS_PER_S + int(stamp.get("nanosec", 0))
