@@ -193,3 +193,52 @@ def test_tensorrt_without_tensorrt_exits_clearly(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="tensorrt"):
         export.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "b"),
                      "--tensorrt"])
+
+
+def test_stage_two_export_of_the_shipped_weights_is_the_shipped_bundle(
+    tmp_path: Path, repo_root: Path
+) -> None:
+    """training.train's export path (export.export_checkpoint with the stage-2 config's export
+    section) on a trainer checkpoint of the shipped weights writes models/default again: the
+    same model.yaml apart from when and from which commit, and the same ONNX outputs (to float
+    rounding)."""
+    from ros2_bilevel_fusion.core.bundle import bundle_to_dict
+    from training.config import load_config
+
+    shipped_dir = repo_root / "models" / "default"
+    shipped = load_bundle(shipped_dir)
+    architecture = shipped.provenance["architecture"]
+    model = export.model_from_torchscript(shipped_dir / "model.pt", architecture)
+    config = load_config(repo_root / "training" / "configs" / "default_semantic.yaml")
+    checkpoint = {
+        "architecture": architecture,
+        "fusion": model.fusion.state_dict(),
+        "detector": model.detector.state_dict(),
+        "segmenter": model.segmenter.state_dict(),
+        "config": config.to_dict(),
+        "step": config.steps,
+        "data": shipped.provenance["data"],
+    }
+    run_dir = tmp_path / "runs" / "default_semantic"
+    run_dir.mkdir(parents=True)
+    torch.save(checkpoint, run_dir / "last.pt")
+    out = tmp_path / "bundle"
+    export.export_checkpoint(
+        run_dir / "last.pt", out, name=config.export.name,
+        score_threshold=config.export.score_threshold, nms_iou=config.export.nms_iou,
+        max_detections=config.export.max_detections,
+    )
+    rebuilt = load_bundle(out)
+    mine, theirs = bundle_to_dict(rebuilt), bundle_to_dict(shipped)
+    mine_provenance, theirs_provenance = mine.pop("provenance"), theirs.pop("provenance")
+    assert mine == theirs  # name, inputs, detection (threshold 0.6), segmentation, ...
+    assert set(mine_provenance) == set(theirs_provenance)
+    for key in ("architecture", "step", "data", "opset", "torchscript"):
+        assert mine_provenance[key] == theirs_provenance[key], key
+    ir, visible = export._sample_inputs((96, 128), seed=5)
+    feeds = {"ir": ir.numpy(), "visible_ycrcb": visible.numpy()}
+    got = create_backend("onnxruntime", rebuilt, threads=1).infer(*feeds.values())
+    want = create_backend("onnxruntime", shipped, threads=1).infer(*feeds.values())
+    worst = {name: float(np.abs(got[name] - want[name]).max()) for name in shipped.output_names}
+    # not bit for bit: the exporter's constant folding orders a few float sums differently
+    assert worst["fused_y"] < 1e-6 and max(worst.values()) < 1e-5, worst

@@ -115,6 +115,7 @@ class ExportConfig:
 
     enabled: bool = False
     out: str | None = None  # relative to the repository root
+    name: str | None = None  # the bundle's name (model.yaml ``name``); null = the run's name
     parity_sizes: list[list[int]] = field(default_factory=lambda: [[256, 320]])
     score_threshold: float = _DETECTION_DEFAULTS["score_threshold"]
     nms_iou: float = _DETECTION_DEFAULTS["nms_iou"]

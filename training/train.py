@@ -33,8 +33,9 @@ def export_run(config: TrainConfig, run_dir: Path, out: str) -> int:
     out_dir = Path(out) if Path(out).is_absolute() else REPO_ROOT / out
     settings = config.export
     _, report = export_checkpoint(
-        checkpoint, out_dir, name=config.name, score_threshold=settings.score_threshold,
-        nms_iou=settings.nms_iou, max_detections=settings.max_detections,
+        checkpoint, out_dir, name=settings.name or config.name,
+        score_threshold=settings.score_threshold, nms_iou=settings.nms_iou,
+        max_detections=settings.max_detections,
         parity_sizes=[tuple(s) for s in settings.parity_sizes],
     )
     print(f"[export] {out_dir} from {checkpoint}", flush=True)
