@@ -36,6 +36,9 @@ from ros2_bilevel_fusion.messages import codec
 from ros2_bilevel_fusion.messages.stamps import ns_to_sec_nanosec, set_stamp
 
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
+#: The input topics of our bags: the node's default subscriptions (IR, visible).
+IR_TOPIC = "/ir/image"
+VISIBLE_TOPIC = "/visible/image"
 LABELS_SIDECAR = "labels.json"
 # rosbag2 metadata version written by ROS 2 Kilted (the distro our wheels come from).
 BAG_VERSION = 9

@@ -18,15 +18,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.bag.bagio import ImageBagWriter, write_label_sidecar
+from ros2_bilevel_fusion.bag.bagio import (
+    IR_TOPIC,
+    VISIBLE_TOPIC,
+    ImageBagWriter,
+    write_label_sidecar,
+)
+from ros2_bilevel_fusion.messages.stamps import NS_PER_S
 
 LOG = logging.getLogger("fusion-pairs-to-bag")
 
-IR_TOPIC = "/ir/image"
-VISIBLE_TOPIC = "/visible/image"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 # A fixed epoch keeps bags byte-reproducible: 2023-11-14T22:13:20Z.
-DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
+DEFAULT_START_NS = 1_700_000_000 * NS_PER_S
 
 
 @dataclass(frozen=True)

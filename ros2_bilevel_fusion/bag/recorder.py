@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ros2_bilevel_fusion.bag.bagio import IR_TOPIC, VISIBLE_TOPIC
 from ros2_bilevel_fusion.messages.codec import msg_to_array
 from ros2_bilevel_fusion.messages.detections import detection2d_array_to_list, payload_stamp_ns
 from ros2_bilevel_fusion.messages.stamps import header_stamp_ns
@@ -34,7 +35,7 @@ LOG = logging.getLogger("fusion-recorder")
 NODE_NAME = "fusion_node"
 IMAGE_OUTPUTS = ("fused", "segmentation", "segmentation/color", "debug_image")
 DIAGNOSTICS_TOPIC = "/diagnostics"
-INPUT_TOPICS = ("/ir/image", "/visible/image")
+INPUT_TOPICS = (IR_TOPIC, VISIBLE_TOPIC)
 SUBSCRIPTION_DEPTH = 200
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ros2_bilevel_fusion.bag import bagio
+from ros2_bilevel_fusion.bag.bagio import IR_TOPIC, VISIBLE_TOPIC
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation import baselines, metrics, report
 from ros2_bilevel_fusion.evaluation.folder import (
@@ -32,9 +34,6 @@ from ros2_bilevel_fusion.messages.stamps import header_stamp_ns
 
 LOG = logging.getLogger("fusion-eval")
 
-BAG_IR_TOPIC = "/ir/image"
-BAG_VISIBLE_TOPIC = "/visible/image"
-
 
 @dataclass(frozen=True)
 class BagFrame:
@@ -45,8 +44,6 @@ class BagFrame:
 
 def read_bag_frames(bag: Path, topic: str, grey: bool) -> list[BagFrame]:
     """Every image of ``topic`` in bag order, converted as the node converts it (codec)."""
-    from ros2_bilevel_fusion.bag import bagio
-
     frames = []
     for message in bagio.read_bag(bag, [topic]):
         msg = message.decode()
@@ -206,15 +203,13 @@ def evaluate_live_result(
     with_baselines: bool = True,
 ) -> BagEvaluation:
     """Score a :class:`~ros2_bilevel_fusion.bag.live_run.LiveRunResult` against its bag's inputs."""
-    from ros2_bilevel_fusion.bag import bagio
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    visible_frames = read_bag_frames(bag, BAG_VISIBLE_TOPIC, grey=False)
-    ir_frames = read_bag_frames(bag, BAG_IR_TOPIC, grey=True)
+    visible_frames = read_bag_frames(bag, VISIBLE_TOPIC, grey=False)
+    ir_frames = read_bag_frames(bag, IR_TOPIC, grey=True)
     if not visible_frames or not ir_frames:
-        raise EvaluationError(f"{bag} has no images on {BAG_VISIBLE_TOPIC} and {BAG_IR_TOPIC}")
+        raise EvaluationError(f"{bag} has no images on {VISIBLE_TOPIC} and {IR_TOPIC}")
     fused_records = [r for r in live.output("fused") if r.payload is not None]
-    recorded_inputs = [r.stamp_ns for r in live.records.get(BAG_VISIBLE_TOPIC, [])]
+    recorded_inputs = [r.stamp_ns for r in live.records.get(VISIBLE_TOPIC, [])]
     matches = match_published_to_bag(
         [r.stamp_ns for r in fused_records],
         recorded_inputs,

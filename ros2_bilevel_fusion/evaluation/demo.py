@@ -26,14 +26,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.bag.bagio import BagError, read_bag
+from ros2_bilevel_fusion.bag.bagio import IR_TOPIC, VISIBLE_TOPIC, BagError, read_bag
 from ros2_bilevel_fusion.bag.live_run import (
     LiveRunError,
     LiveRunResult,
     result_summary,
     run_bag_through_node,
 )
-from ros2_bilevel_fusion.bag.pairs_to_bag import IR_TOPIC, VISIBLE_TOPIC
 from ros2_bilevel_fusion.bag.replay import loop_period_ns
 from ros2_bilevel_fusion.core import resources
 from ros2_bilevel_fusion.core.bundle import BundleError, load_bundle
