@@ -142,6 +142,7 @@ def test_export_defaults_are_the_bundle_contracts(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_matches_eager_at_sizes_other_than_the_trace(
     exported: tuple[torch.nn.Module, Path],
 ) -> None:

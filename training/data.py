@@ -19,10 +19,6 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from training import datasets
 from training.config import REPO_ROOT, TrainConfig
-
-# The pair data sets live in training.datasets; these names stay importable from here for
-# callers written before the split (bench/bench_realtime_fusion.py).
-from training.datasets import PairFolder, collate_pairs, msrs_pairs  # noqa: F401
 from training.synthetic import SyntheticPairs
 
 

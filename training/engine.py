@@ -100,7 +100,8 @@ def _fill(tensors: Iterable[torch.Tensor | None], like: list[nn.Parameter]) -> l
 
 
 class Trainer:
-    """Builds data, models and optimisers from a config dict; ``train()`` runs to ``steps``."""
+    """Builds data, models and optimisers from a :class:`TrainConfig`; ``train()`` runs to
+    ``steps``."""
 
     def __init__(
         self,
