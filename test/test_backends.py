@@ -175,28 +175,36 @@ def test_provider_choice_prefers_cuda_and_keeps_cpu() -> None:
     assert chosen == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
 
 
-def test_torch_backend_without_state_dict_is_a_clear_error(fixture_bundle: Path) -> None:
-    with pytest.raises(BackendError, match="model.pt"):
-        create_backend("torch", load_bundle(fixture_bundle))
+def test_torch_backend_without_torchscript_is_a_clear_error(fixture_bundle: Path) -> None:
+    bundle = load_bundle(fixture_bundle)
+    assert bundle.torchscript_path is None  # the fixture ships ONNX only
+    with pytest.raises(BackendError, match="names no TorchScript file"):
+        create_backend("torch", bundle)
 
 
-def test_torch_backend_with_unknown_architecture_is_a_clear_error(bundle_copy: Path) -> None:
-    (bundle_copy / "model.pt").write_bytes(b"synthetic, not a real state_dict")
-    with pytest.raises(BackendError, match="training|cannot build|torch"):
+def test_torchscript_named_but_missing_is_a_bundle_error(bundle_copy: Path) -> None:
+    _edit_yaml(bundle_copy, lambda data: data.update(torchscript="model.pt"))
+    with pytest.raises(BundleError, match="TorchScript file .*model.pt is missing"):
+        load_bundle(bundle_copy)
+
+
+def test_torch_backend_with_a_file_that_is_not_torchscript_is_a_clear_error(
+    bundle_copy: Path,
+) -> None:
+    pytest.importorskip("torch")
+    (bundle_copy / "model.pt").write_bytes(b"synthetic, not a TorchScript archive")
+    _edit_yaml(bundle_copy, lambda data: data.update(torchscript="model.pt"))
+    with pytest.raises(BackendError, match="cannot load .* as TorchScript"):
         create_backend("torch", load_bundle(bundle_copy))
 
 
 def test_torch_matches_onnxruntime_on_default_bundle(repo_root: Path) -> None:
-    """Parity of the eager model and its ONNX export, where the trained bundle ships model.pt."""
+    """The shipped bundle's TorchScript file and its ONNX file compute the same graph."""
     folder = repo_root / "models" / "default"
-    if not (folder / "model.yaml").is_file() or not (folder / "model.pt").is_file():
-        pytest.skip("models/default with model.pt is not present (trained bundle not landed)")
     pytest.importorskip("torch")
     bundle = load_bundle(folder)
-    try:
-        torch_backend = create_backend("torch", bundle, threads=1)
-    except BackendError as exc:
-        pytest.skip(f"torch backend unavailable: {exc}")
+    assert bundle.torchscript_path == folder / "model.pt"
+    torch_backend = create_backend("torch", bundle, threads=1)
     ort_backend = create_backend("onnxruntime", bundle, threads=1)
     ir, vis = _synthetic_inputs(64, 64, seed=3)
     expected = ort_backend.infer(ir, vis)

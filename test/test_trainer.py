@@ -77,7 +77,7 @@ def test_smoke_config_trains_exports_and_passes_parity(tmp_path: Path, repo_root
     model_yaml = yaml.safe_load((out / "bundle" / "model.yaml").read_text())
     assert model_yaml["provenance"]["config"]["name"] == "smoke"
     assert model_yaml["provenance"]["architecture"]["fusion"] == "realtime"
-    assert model_yaml["provenance"]["torchscript"] == "model.pt"
+    assert model_yaml["torchscript"] == "model.pt"
     assert "metrics_at_checkpoint" not in model_yaml["provenance"]  # one schema: "metrics"
     assert model_yaml["provenance"]["metrics"]["score"] == pytest.approx(checkpoint_score(out))
     checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=False)

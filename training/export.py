@@ -16,7 +16,7 @@ Files: ``model.onnx`` (every runtime backend; dynamic H and W, the runtime pads 
 ``torch.jit.trace`` of the same module the ONNX exporter traces, for the torch backend, which
 loads it with ``torch.jit.load`` and needs no training code; its ``state_dict()`` is the
 ExportModel's, see :func:`model_from_torchscript`), ``model.yaml`` (naming model.pt as
-``provenance.torchscript``). Detection defaults not given here are the bundle contract's
+``torchscript``). Detection defaults not given here are the bundle contract's
 (``core.bundle.DetectionSpec``).
 """
 
@@ -119,6 +119,7 @@ def bundle_spec(
     *,
     name: str,
     provenance: dict[str, Any],
+    torchscript_path: Path | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_iou: float = DEFAULT_NMS_IOU,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
@@ -156,6 +157,7 @@ def bundle_spec(
     return ModelBundle(
         name=name,
         onnx_path=onnx_path,
+        torchscript_path=torchscript_path,
         inputs=runtime_spec().inputs,
         fused_name="fused_y",
         detection=detection,
@@ -249,8 +251,8 @@ def export_bundle(
 ) -> Path:
     """Write model.onnx, model.pt (TorchScript) and model.yaml into out_dir.
 
-    provenance gets "architecture" (from the model), "git_commit", "exported_at", "opset" and
-    "torchscript" added when absent; pass the training config, data and metrics in it.
+    provenance gets "architecture" (from the model), "git_commit", "exported_at" and "opset"
+    added when absent; pass the training config, data and metrics in it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +261,7 @@ def export_bundle(
         model, out_dir / "model.onnx", opset=opset, sample_hw=sample_hw,
         dynamic_batch=dynamic_batch,
     )
-    export_torchscript(model, out_dir / TORCHSCRIPT_FILE, sample_hw=sample_hw)
+    torchscript_path = export_torchscript(model, out_dir / TORCHSCRIPT_FILE, sample_hw=sample_hw)
     full_provenance = dict(provenance)
     full_provenance.setdefault("architecture", model.architecture)
     full_provenance.setdefault("git_commit", git_commit())
@@ -267,9 +269,8 @@ def export_bundle(
         "exported_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     )
     full_provenance.setdefault("opset", opset)
-    full_provenance.setdefault("torchscript", TORCHSCRIPT_FILE)
     bundle = bundle_spec(
-        model, onnx_path, name=name, provenance=full_provenance,
+        model, onnx_path, name=name, provenance=full_provenance, torchscript_path=torchscript_path,
         score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections,
     )
     save_bundle(bundle, out_dir)

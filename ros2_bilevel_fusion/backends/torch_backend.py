@@ -1,9 +1,9 @@
 """PyTorch backend: runs the bundle's TorchScript file, for parity checks against the ONNX.
 
 The export writes ``model.pt``, a ``torch.jit.trace`` of the same module the ONNX file was traced
-from, and names it in model.yaml (``provenance.torchscript``; bundles written before that key
-existed hold a plain state_dict there and are refused with a clear error). ``torch.jit.load``
-needs no training code. Its ``forward(ir, visible_ycrcb)`` returns the outputs in
+from, and names it in model.yaml (``torchscript``, :attr:`ModelBundle.torchscript_path`); a
+bundle without one, or whose file is a plain state_dict, is refused with a clear error.
+``torch.jit.load`` needs no training code. Its ``forward(ir, visible_ycrcb)`` returns the outputs in
 ``bundle.output_names`` order. torch is imported only when this backend is created.
 """
 
@@ -17,17 +17,16 @@ import numpy as np
 from ros2_bilevel_fusion.backends.base import BackendError, check_inputs
 from ros2_bilevel_fusion.core.bundle import ModelBundle
 
-TORCHSCRIPT_KEY = "torchscript"
-DEFAULT_TORCHSCRIPT_FILE = "model.pt"
-
 
 class TorchBackend:
     def __init__(self, bundle: ModelBundle, *, device: str = "cpu", threads: int = 0) -> None:
         self.bundle = bundle
-        file_name = str(bundle.provenance.get(TORCHSCRIPT_KEY) or DEFAULT_TORCHSCRIPT_FILE)
-        path = bundle.folder / file_name
-        if not path.is_file():
-            raise BackendError(f"torch backend needs {path} (TorchScript); it is missing")
+        path = bundle.torchscript_path
+        if path is None:
+            raise BackendError(
+                f"bundle {bundle.folder} names no TorchScript file (model.yaml 'torchscript'); "
+                "re-export it with python -m training.export"
+            )
         try:
             import torch
         except ImportError as exc:

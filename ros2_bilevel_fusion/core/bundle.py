@@ -137,6 +137,9 @@ class ModelBundle:
     detection: DetectionSpec | None = None
     segmentation: SegmentationSpec | None = None
     preprocessing: PreprocessSpec = field(default_factory=PreprocessSpec)
+    # TorchScript file of the same graph for the torch backend (model.yaml ``torchscript``);
+    # None when the bundle ships ONNX only.
+    torchscript_path: Path | None = None
     # Free-form: training config, data, git commit, metrics measured at export.
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -193,6 +196,11 @@ def load_bundle(path: str | Path) -> ModelBundle:
     onnx_path = yaml_path.parent / str(data.get("onnx", "model.onnx"))
     if not onnx_path.is_file():
         raise BundleError(f"{yaml_path}: ONNX file {onnx_path} is missing")
+    torchscript_path = None
+    if data.get("torchscript"):
+        torchscript_path = yaml_path.parent / str(data["torchscript"])
+        if not torchscript_path.is_file():
+            raise BundleError(f"{yaml_path}: TorchScript file {torchscript_path} is missing")
     detection = None
     if data.get("detection"):
         det = dict(data["detection"])
@@ -218,6 +226,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         preprocessing=_build(
             PreprocessSpec, data.get("preprocessing") or {}, f"{yaml_path}: preprocessing"
         ),
+        torchscript_path=torchscript_path,
         provenance=dict(data.get("provenance") or {}),
         format_version=FORMAT_VERSION,
     )
@@ -240,6 +249,7 @@ def bundle_to_dict(bundle: ModelBundle) -> dict[str, Any]:
         "format_version": bundle.format_version,
         "name": bundle.name,
         "onnx": bundle.onnx_path.name,
+        **({"torchscript": bundle.torchscript_path.name} if bundle.torchscript_path else {}),
         "inputs": _plain(bundle.inputs),
         "fused_name": bundle.fused_name,
         "detection": _plain(bundle.detection) if bundle.detection else None,
