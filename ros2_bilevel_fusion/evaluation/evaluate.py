@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ros2_bilevel_fusion.backends import BACKEND_KINDS
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation import metrics, report
 from ros2_bilevel_fusion.evaluation.folder import (
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--save-fused", action="store_true", help="write fused PNGs")
     folder.add_argument("--baselines", action="store_true", help="mean/max/laplacian rows")
     folder.add_argument(
-        "--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"]
+        "--backend", default="onnxruntime", choices=BACKEND_KINDS
     )
     folder.add_argument("--limit", type=int, default=None, help="first N pairs only")
     folder.add_argument(
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--bag", required=True, help="rosbag2 folder")
     bag.add_argument("--bundle", help="model bundle (default: the node's default)")
     bag.add_argument(
-        "--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"]
+        "--backend", default="onnxruntime", choices=BACKEND_KINDS
     )
     bag.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
     bag.add_argument("--out", required=True, help="report folder")

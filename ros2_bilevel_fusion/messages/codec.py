@@ -26,6 +26,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ros2_bilevel_fusion.core.bundle import (
+    DEFAULT_THERMAL_HIGH_PERCENTILE,
+    DEFAULT_THERMAL_LOW_PERCENTILE,
+)
+
 try:  # Only the thin message wrappers need ROS; the pure functions work without it.
     from sensor_msgs.msg import Image as _ImageMsg
 except ImportError:  # pragma: no cover - exercised only where ROS is absent
@@ -242,10 +247,11 @@ def array_to_msg(array_in: np.ndarray, encoding: str, header: Any = None) -> Any
 
 @dataclass
 class GainControl:
-    """Percentile stretch settings for 16-bit and float thermal images."""
+    """Percentile stretch settings for 16-bit and float thermal images (defaults: the model
+    contract's, which a bundle's ``preprocessing`` section may change)."""
 
-    low_percentile: float = 1.0
-    high_percentile: float = 99.0
+    low_percentile: float = DEFAULT_THERMAL_LOW_PERCENTILE
+    high_percentile: float = DEFAULT_THERMAL_HIGH_PERCENTILE
     # Exponential smoothing of the limits across frames (0 = off, 0.9 = slow), so that a hot
     # object entering the view does not make the whole scene flicker.
     smoothing: float = 0.0
