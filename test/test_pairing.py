@@ -12,6 +12,7 @@ from ros2_bilevel_fusion.core.pairing import (
     VISIBLE_STREAM,
     ApproximateTimePairer,
     LatestPairSlot,
+    PairAccounting,
     PairingStats,
 )
 
@@ -283,3 +284,33 @@ def test_latest_pair_slot_threaded_slow_consumer_never_backs_up() -> None:
     assert taken[-1] == produced - 1  # the newest pair is always delivered
     assert len(taken) + slot.dropped_superseded == produced
     assert slot.dropped_superseded > 0
+
+
+def test_pair_accounting_counts_what_the_pairer_counts_from_outside() -> None:
+    """message_filters counts nothing: PairAccounting, fed only with 'frame seen' and 'pair
+    emitted' events, finds the same unmatched frames as the in-package pairer counts itself."""
+    import random
+
+    rng = random.Random(7)
+    pairer = ApproximateTimePairer(queue_size=50, slop_s=0.02)
+    accounting = PairAccounting()
+    stamp = [1_000_000_000, 1_000_000_000]
+    for _ in range(400):
+        stream = rng.randrange(2)
+        stamp[stream] += rng.choice([10, 33, 50, 100]) * 1_000_000
+        accounting.seen(stream, stamp[stream])
+        for ir_item, visible_item in pairer.add(stream, stamp[stream], stamp[stream]):
+            accounting.paired(ir_item, visible_item)
+    stats = pairer.stats
+    assert accounting.pairs == stats.pairs > 20
+    assert accounting.received == stats.received
+    expected = {k: stats.dropped.get(k, 0) for k in ("unmatched_ir", "unmatched_visible")}
+    assert accounting.dropped() == expected
+    assert sum(expected.values()) > 20
+
+
+def test_pair_accounting_bounds_waiting_frames_of_a_stream_that_never_pairs() -> None:
+    accounting = PairAccounting(keep=5)
+    for i in range(12):
+        accounting.seen(0, i)
+    assert accounting.dropped() == {"unmatched_ir": 7, "unmatched_visible": 0}

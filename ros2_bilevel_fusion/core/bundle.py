@@ -183,7 +183,14 @@ def load_bundle(path: str | Path) -> ModelBundle:
     if not yaml_path.is_file():
         raise BundleError(f"no {MODEL_YAML} at {yaml_path}")
     try:
-        data = yaml.safe_load(yaml_path.read_text())
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # a binary or truncated file written over model.yaml
+        raise BundleError(
+            f"{yaml_path}: not a text file (byte {exc.start} is not UTF-8); "
+            f"{MODEL_YAML} must be YAML text"
+        ) from exc
+    except OSError as exc:
+        raise BundleError(f"{yaml_path}: cannot read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise BundleError(f"{yaml_path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

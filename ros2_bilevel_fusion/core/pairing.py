@@ -183,6 +183,56 @@ class ApproximateTimePairer:
             return [items]
 
 
+class PairAccounting:
+    """Frames seen vs frames that ended in a pair, for a synchroniser that counts nothing
+    itself (message_filters' ApproximateTimeSynchronizer).
+
+    ``seen(stream, stamp)`` for every arriving frame, ``paired(ir_stamp, visible_stamp)`` for
+    every emitted pair. A frame of a stream older than that stream's newest paired stamp can no
+    longer pair: it is counted as ``unmatched_<stream>``, as :class:`ApproximateTimePairer`
+    counts it. At most ``keep`` frames per stream wait; older ones are counted as
+    ``unmatched_<stream>`` too (the synchroniser's own queue is smaller than that).
+    """
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.keep = int(keep)
+        self._lock = threading.Lock()
+        self._waiting: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        self.received = [0, 0]
+        self.pairs = 0
+        self.unmatched = [0, 0]
+
+    def seen(self, stream: int, stamp_ns: int) -> None:
+        with self._lock:
+            self.received[stream] += 1
+            waiting = self._waiting[stream]
+            waiting[stamp_ns] = waiting.get(stamp_ns, 0) + 1
+            while sum(waiting.values()) > self.keep:
+                oldest = min(waiting)
+                self.unmatched[stream] += 1
+                waiting[oldest] -= 1
+                if not waiting[oldest]:
+                    del waiting[oldest]
+
+    def paired(self, ir_stamp_ns: int, visible_stamp_ns: int) -> None:
+        with self._lock:
+            self.pairs += 1
+            for stream, stamp in ((IR_STREAM, ir_stamp_ns), (VISIBLE_STREAM, visible_stamp_ns)):
+                waiting = self._waiting[stream]
+                if waiting.get(stamp):
+                    waiting[stamp] -= 1
+                for old in [s for s in waiting if s <= stamp]:
+                    self.unmatched[stream] += waiting.pop(old)
+
+    def dropped(self) -> dict[str, int]:
+        """``unmatched_ir`` / ``unmatched_visible`` counts (as ``PairingStats.dropped``)."""
+        with self._lock:
+            return {
+                f"unmatched_{name}": count
+                for name, count in zip(_STREAM_NAMES, self.unmatched, strict=True)
+            }
+
+
 class LatestPairSlot(Generic[T]):
     """Single-slot mailbox from the subscription callbacks to the inference thread.
 

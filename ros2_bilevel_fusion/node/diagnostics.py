@@ -55,6 +55,12 @@ class RateMeter:
             span = now_s - self._times[0]
             return (len(self._times) - 1) / span if span > 0 else 0.0
 
+    def count(self, now_s: float) -> int:
+        """Events in the last ``window_s`` seconds."""
+        with self._lock:
+            self._trim(now_s)
+            return len(self._times)
+
     def last(self) -> float | None:
         """Time of the newest event ever seen (kept after it leaves the window)."""
         return self._last
@@ -105,20 +111,30 @@ class DropCounter:
 class SilentStreamWatch:
     """Finds a stream that stopped while the other still flows (a camera that died).
 
-    ``update`` returns the streams that *became* silent since the last call, so each silence
-    is counted once; ``silent`` lists every stream silent right now.
+    A stream's silence counts from the later of its last frame and the moment the flow resumed
+    (a frame arriving when no stream had flowed for ``after_s``): after both cameras paused
+    together, the one that comes back first does not make the other "silent" before ``after_s``
+    has passed since the resume, and a stream never seen is silent since the other began, never
+    "for inf s". ``update`` returns the streams that *became* silent since the last call, so
+    each silence is counted once; ``silent`` lists every stream silent right now.
     """
 
     after_s: float = 3.0
     _last: dict[str, float] = field(default_factory=dict)
+    _resumed: float = -float("inf")
     _reported: set[str] = field(default_factory=set)
 
     def seen(self, stream: str, now_s: float) -> None:
+        if not any(now_s - t <= self.after_s for t in self._last.values()):
+            self._resumed = now_s  # nothing flowed: a (re)start, every silence begins now
         self._last[stream] = now_s
         self._reported.discard(stream)
 
+    def never_seen(self, stream: str) -> bool:
+        return stream not in self._last
+
     def silent(self, now_s: float, streams: Iterable[str]) -> dict[str, float]:
-        """stream -> seconds silent, for streams silent > after_s while another flowed."""
+        """stream -> seconds silent (finite), for streams silent > after_s while another flows."""
         streams = list(streams)
         flowing = [s for s in streams if now_s - self._last.get(s, -np.inf) <= self.after_s]
         if not flowing:
@@ -127,8 +143,9 @@ class SilentStreamWatch:
         for stream in streams:
             if stream in flowing:
                 continue
-            last = self._last.get(stream)
-            out[stream] = float("inf") if last is None else now_s - last
+            since = max(self._last.get(stream, -np.inf), self._resumed)
+            if now_s - since > self.after_s:
+                out[stream] = now_s - since
         return out
 
     def update(self, now_s: float, streams: Iterable[str]) -> dict[str, float]:
@@ -136,6 +153,94 @@ class SilentStreamWatch:
         newly = {s: t for s, t in silent.items() if s not in self._reported}
         self._reported.update(newly)
         return newly
+
+
+class StampOffsetMeter:
+    """How far apart the two streams' stamps are: the smallest |ir - visible| stamp difference
+    between the newest stamp of one stream and the recent stamps of the other.
+
+    When both cameras flow but no pair forms, this is the number to compare with ``slop``.
+    """
+
+    def __init__(self, keep: int = 20) -> None:
+        self._stamps: dict[str, deque[int]] = {}
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def add(self, stream: str, stamp_ns: int) -> None:
+        with self._lock:
+            self._stamps.setdefault(stream, deque(maxlen=self._keep)).append(int(stamp_ns))
+
+    def nearest_offset_s(self, a: str = "ir", b: str = "visible") -> float | None:
+        with self._lock:
+            first, second = self._stamps.get(a), self._stamps.get(b)
+            if not first or not second:
+                return None
+            best = min(
+                min(abs(first[-1] - s) for s in second), min(abs(second[-1] - s) for s in first)
+            )
+        return best * 1e-9
+
+
+# Stamps further than this from the node clock are not a processing delay: a bag played
+# without use_sim_time, or a camera stamping with its own clock.
+LATENCY_PLAUSIBLE_S = 60.0
+# A stamp this far in the node's future is not clock jitter between machines either.
+LATENCY_FUTURE_S = 1.0
+
+
+class LatencyTracker:
+    """Input stamp -> output latency on one clock, with implausible samples kept out.
+
+    A sample is ``now - stamp`` on the node's ROS clock. When it is beyond
+    ``LATENCY_PLAUSIBLE_S`` (or more than ``LATENCY_FUTURE_S`` in the future) the two times come
+    from different clocks; it is counted, not averaged, and while the newest sample is such,
+    :meth:`unavailable` gives the reason latency is not reported.
+    """
+
+    def __init__(self, size: int = 200, plausible_s: float = LATENCY_PLAUSIBLE_S) -> None:
+        self.window = LatencyWindow(size)
+        self.plausible_s = plausible_s
+        self.implausible = 0
+        self._last_offset_s: float | None = None
+        self._last_plausible = True
+
+    def add(self, now_ns: int, stamp_ns: int) -> bool:
+        """Record one output; False when the sample was implausible (not added)."""
+        latency_s = (int(now_ns) - int(stamp_ns)) * 1e-9
+        if -LATENCY_FUTURE_S <= latency_s <= self.plausible_s:
+            self.window.add(latency_s * 1e3)
+            self._last_plausible = True
+            return True
+        self.implausible += 1
+        self._last_offset_s = latency_s
+        self._last_plausible = False
+        return False
+
+    @property
+    def clock_offset_s(self) -> float | None:
+        """node clock - input stamp of the newest implausible sample."""
+        return self._last_offset_s
+
+    def unavailable(self) -> str:
+        """Why latency is not reported now ('' when it is)."""
+        if self._last_plausible:
+            return ""
+        offset = self._last_offset_s
+        where = "behind" if offset >= 0 else "ahead of"
+        return (
+            f"input stamps are {abs(offset):.1f} s {where} the node clock (a bag played "
+            "without use_sim_time, or a camera clock not synchronised to this machine)"
+        )
+
+    def percentiles(self) -> list[float] | None:
+        return None if self.unavailable() else self.window.percentiles()
+
+
+# Warning thresholds of the health checks.
+RATE_IMBALANCE = 0.5  # one stream below half the other's rate
+DROP_RATIO_WARN = 0.5  # more than half the input frames in the window end in no output
+MIN_WINDOW_FRAMES = 4  # per stream, before rates and ratios are judged
 
 
 @dataclass
@@ -155,10 +260,21 @@ class HealthSnapshot:
     use_sim_time: bool
     silent_streams: Mapping[str, float] = field(default_factory=dict)
     model_error: str = ""
+    # Frames in the rate window (the last RateMeter.window_s seconds) per name: ir, visible,
+    # pairs, processed. Empty: the window checks are skipped.
+    window_counts: Mapping[str, int] = field(default_factory=dict)
+    window_s: float = 5.0
+    slop_s: float | None = None
+    stamp_offset_s: float | None = None  # nearest IR/visible stamp difference (StampOffsetMeter)
+    latency_unavailable: str = ""  # LatencyTracker.unavailable()
+    clock_offset_s: float | None = None  # node clock - stamp when latency is unavailable
+    reload_error: str = ""  # a failed reload while the previous model still serves
+    counters: Mapping[str, int] = field(default_factory=dict)  # not drops: nonfinite pixels
+    never_seen: tuple[str, ...] = ()
 
 
 def _fmt(value: float) -> str:
-    return "inf" if value == float("inf") else f"{value:.2f}"
+    return f"{value:.2f}" if np.isfinite(value) else "n/a"
 
 
 def health_key_values(snapshot: HealthSnapshot) -> list[tuple[str, str]]:
@@ -173,6 +289,11 @@ def health_key_values(snapshot: HealthSnapshot) -> list[tuple[str, str]]:
     values.append(("drops_total", str(sum(snapshot.drops.values()))))
     for reason in sorted(snapshot.drops):
         values.append((f"drops.{reason}", str(snapshot.drops[reason])))
+    ratio = drop_ratio(snapshot)
+    if ratio is not None:
+        values.append(("drop_ratio", f"{ratio:.2f}"))
+    for name in sorted(snapshot.counters):
+        values.append((name, str(snapshot.counters[name])))
     for label, window in (("inference_ms", snapshot.inference_ms), ("total_ms", snapshot.total_ms)):
         if window is not None:
             values += [(f"{label}_p50", _fmt(window[0])), (f"{label}_p95", _fmt(window[1]))]
@@ -180,25 +301,108 @@ def health_key_values(snapshot: HealthSnapshot) -> list[tuple[str, str]]:
         # Stamps are sim time and "now" is sim time too, but their difference says nothing
         # about this machine's delay (a bag may play at any rate), so it is not reported.
         values.append(("latency_ms", "n/a (use_sim_time)"))
+    elif snapshot.latency_unavailable:
+        values.append(("latency_ms", f"n/a ({snapshot.latency_unavailable})"))
+        if snapshot.clock_offset_s is not None:
+            values.append(("stamp_clock_offset_s", _fmt(snapshot.clock_offset_s)))
     elif snapshot.latency_ms is not None:
         values += [
             ("latency_ms_p50", _fmt(snapshot.latency_ms[0])),
             ("latency_ms_p95", _fmt(snapshot.latency_ms[1])),
         ]
+    if snapshot.stamp_offset_s is not None:
+        values.append(("stamp_offset_ms", _fmt(snapshot.stamp_offset_s * 1e3)))
     for stream, seconds in sorted(snapshot.silent_streams.items()):
         values.append((f"silent_{stream}_s", _fmt(seconds)))
     if snapshot.model_error:
         values.append(("model_error", snapshot.model_error))
+    if snapshot.reload_error:
+        values.append(("model_reload_error", snapshot.reload_error))
     return values
 
 
+def drop_ratio(snapshot: HealthSnapshot) -> float | None:
+    """Share of the window's input frames that ended in no output (None: too few frames)."""
+    counts = snapshot.window_counts
+    seen = counts.get("ir", 0) + counts.get("visible", 0)
+    if min(counts.get("ir", 0), counts.get("visible", 0)) < MIN_WINDOW_FRAMES:
+        return None
+    used = min(seen, 2 * counts.get("processed", 0))
+    return 1.0 - used / seen
+
+
+def health_warnings(snapshot: HealthSnapshot) -> list[tuple[str, str]]:
+    """(key, sentence naming the numbers) for every WARN condition, most specific first."""
+    warnings: list[tuple[str, str]] = []
+    if snapshot.reload_error:
+        warnings.append(
+            (
+                "model_reload",
+                f"model reload failed ({snapshot.reload_error}); still serving "
+                f"'{snapshot.model}' on {snapshot.backend}",
+            )
+        )
+    for stream, seconds in sorted(snapshot.silent_streams.items()):
+        never = " (never received)" if stream in snapshot.never_seen else ""
+        warnings.append(
+            (
+                f"silent_{stream}",
+                f"no {stream} images for {seconds:.1f} s{never} while the other stream flows; "
+                "check the camera, topic name and QoS",
+            )
+        )
+    counts = snapshot.window_counts
+    ir, visible = counts.get("ir", 0), counts.get("visible", 0)
+    window = f"the last {snapshot.window_s:g} s"
+    if not snapshot.silent_streams and max(ir, visible) >= MIN_WINDOW_FRAMES and min(ir, visible):
+        rates = {name: snapshot.rates_hz.get(name, 0.0) for name in ("ir", "visible")}
+        slow, fast = sorted(rates, key=rates.get)
+        if rates[slow] < RATE_IMBALANCE * rates[fast]:
+            warnings.append(
+                (
+                    "rate_imbalance",
+                    f"{slow} arrives at {rates[slow]:.1f} Hz, below half of {fast}'s "
+                    f"{rates[fast]:.1f} Hz: pairs form at most at the slower rate",
+                )
+            )
+    if min(ir, visible) >= MIN_WINDOW_FRAMES and counts.get("pairs", 0) == 0:
+        offset = snapshot.stamp_offset_s
+        measured = (
+            f"nearest stamps {offset * 1e3:.1f} ms apart"
+            if offset is not None
+            else "stamp offset unknown"
+        )
+        slop = f"slop {snapshot.slop_s * 1e3:.1f} ms" if snapshot.slop_s is not None else "slop"
+        warnings.append(
+            (
+                "no_pairs",
+                f"ir ({ir}) and visible ({visible}) images arrive but no pair formed in {window}: "
+                f"{measured}, {slop}; are the cameras stamped on one clock?",
+            )
+        )
+    else:
+        ratio = drop_ratio(snapshot)
+        if ratio is not None and ratio > DROP_RATIO_WARN:
+            worst = sorted(snapshot.drops.items(), key=lambda kv: -kv[1])[:3]
+            reasons = ", ".join(f"{k} {v}" for k, v in worst if v) or "none counted"
+            warnings.append(
+                (
+                    "drop_ratio",
+                    f"{ratio:.0%} of the {ir + visible} input frames of {window} ended in no "
+                    f"output ({counts.get('processed', 0)} pairs processed); drops so far: "
+                    f"{reasons}",
+                )
+            )
+    return warnings
+
+
 def health_level(snapshot: HealthSnapshot) -> tuple[int, str]:
-    """(level, message): ERROR without a model, WARN when a stream is silent, else OK."""
+    """(level, message): ERROR without a model, WARN for each health_warnings, else OK."""
     if snapshot.model_error or not snapshot.backend:
         return ERROR, f"no model loaded: {snapshot.model_error or 'not loaded yet'}"
-    if snapshot.silent_streams:
-        names = ", ".join(sorted(snapshot.silent_streams))
-        return WARN, f"input stream silent while the other flows: {names}"
+    warnings = health_warnings(snapshot)
+    if warnings:
+        return WARN, "; ".join(text for _, text in warnings)
     if snapshot.processed == 0:
         return OK, "waiting for image pairs"
     return OK, "fusing"

@@ -26,7 +26,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,13 @@ from rclpy.qos import (
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from ros2_bilevel_fusion.backends import create_backend
-from ros2_bilevel_fusion.core.bundle import PreprocessSpec, load_bundle
+from ros2_bilevel_fusion.core.bundle import PreprocessSpec
 from ros2_bilevel_fusion.core.pairing import (
     IR_STREAM,
     VISIBLE_STREAM,
     ApproximateTimePairer,
     LatestPairSlot,
+    PairAccounting,
 )
 from ros2_bilevel_fusion.core.pipeline import (
     FusionPipeline,
@@ -83,12 +82,21 @@ from ros2_bilevel_fusion.messages.stamps import stamp_to_ns
 from ros2_bilevel_fusion.node.diagnostics import (
     DropCounter,
     HealthSnapshot,
+    LatencyTracker,
     LatencyWindow,
     RateMeter,
     SilentStreamWatch,
+    StampOffsetMeter,
     health_key_values,
     health_level,
+    health_warnings,
     make_status,
+)
+from ros2_bilevel_fusion.node.model_slot import (
+    LoadedModel,
+    LoadRequest,
+    ModelSlot,
+    check_bundle_path,
 )
 from ros2_bilevel_fusion.node.parameters import (
     PARAMETERS,
@@ -109,16 +117,6 @@ STREAM_NAMES = ("ir", "visible")
 NODE_NAME = "fusion_node"
 # Throttle period of every repeated error/warning log.
 LOG_THROTTLE_S = 5.0
-
-
-@dataclass
-class LoadedModel:
-    """What the inference thread runs; replaced as a whole on reload (a reference swap)."""
-
-    bundle: Any
-    backend: Any
-    pipeline: Any
-    path: Path
 
 
 def qos_for(name: str, depth: int) -> QoSProfile:
@@ -179,14 +177,21 @@ class FusionNode(Node):
         self._rates = {name: RateMeter() for name in (*STREAM_NAMES, "pairs", "processed")}
         self._inference_ms = LatencyWindow()
         self._total_ms = LatencyWindow()
-        self._latency_ms = LatencyWindow()
+        # Latency on the node's ROS clock; stamps from another clock are reported, not averaged.
+        self._latency = LatencyTracker()
         self._silence = SilentStreamWatch(after_s=self.params.stream_timeout)
+        self._stamp_offsets = StampOffsetMeter()
+        self._counters = DropCounter()  # counts that are not drops (non-finite pixels)
+        # Frames seen vs frames paired, for message_filters (which counts nothing itself).
+        self._accounting = PairAccounting(keep=max(100, 4 * self.params.queue_size))
+        self._last_output_stamp_ns: int | None = None
         self._processed = 0
         self._pairs = 0
         self._ir_gain, self._visible_gain = self._make_gains(self.params)
 
-        self._model: LoadedModel | None = None
-        self._model_error = "loading"
+        # Loads are tried whole before a swap; a failed reload keeps the serving model.
+        self._models = ModelSlot()
+        self._model_error = "loading"  # why there is no model (only while none serves)
         self._reload = threading.Event()
         self._reload.set()  # the first load happens in the inference thread
         self._stop = threading.Event()
@@ -238,6 +243,11 @@ class FusionNode(Node):
         changes = {p.name: p.value for p in params if p.name in SPECS}
         if not changes:
             return SetParametersResult(successful=True)
+        if "bundle_path" in changes:
+            reason = check_bundle_path(str(changes["bundle_path"]))
+            if reason is not None:
+                self._drops.add("rejected_parameter")
+                return SetParametersResult(successful=False, reason=reason)
         try:
             candidate = self.params.replace(changes)
         except (TypeError, ValueError) as exc:
@@ -301,32 +311,45 @@ class FusionNode(Node):
         return dataclasses.replace(config, **changes)
 
     # ---------------------------------------------------------------- model
+    @property
+    def _model(self) -> LoadedModel | None:
+        return self._models.model
+
+    def _build_pipeline(self, bundle: Any, backend: Any) -> FusionPipeline:
+        return FusionPipeline(
+            backend, Registration(self.params.homography), self._postprocess_config(bundle)
+        )
+
     def _load_model(self) -> None:
-        """Load bundle + backend + pipeline; on failure keep running without a model."""
+        """Load and warm up a candidate; swap it in, or keep the serving model on failure."""
         p = self.params
-        path = Path(p.bundle_path) if p.bundle_path else default_bundle_path()
-        try:
-            bundle = load_bundle(path)
-            backend = create_backend(p.backend, bundle, fp16=p.fp16, threads=p.threads)
-            pipeline = FusionPipeline(
-                backend, Registration(p.homography), self._postprocess_config(bundle)
-            )
-        except Exception as exc:  # BundleError, BackendError, or anything a bad file causes
-            self._model = None
-            self._model_error = f"{type(exc).__name__}: {exc}"
+        path = Path(p.bundle_path).expanduser() if p.bundle_path else default_bundle_path()
+        request = LoadRequest(path=path, backend=p.backend, fp16=p.fp16, threads=p.threads)
+        outcome = self._models.load(request, self._build_pipeline)
+        if not outcome.ok:
             self._drops.add("model_load_error")
-            self.get_logger().error(
-                f"cannot load model bundle {path}: {self._model_error}; the node stays up, "
-                "publishes diagnostics ERROR and retries when bundle_path/backend change"
-            )
+            if outcome.model is None:
+                self._model_error = outcome.error
+                self.get_logger().error(
+                    f"cannot load model bundle {path} (backend {p.backend}): {outcome.error}; "
+                    "the node stays up, publishes diagnostics ERROR and retries when "
+                    "bundle_path/backend change"
+                )
+            else:
+                self.get_logger().error(
+                    f"cannot load model bundle {path} (backend {p.backend}): {outcome.error}; "
+                    f"still serving '{outcome.model.bundle.name}' from {outcome.model.path} "
+                    f"on {outcome.model.backend.name} (diagnostics WARN until a load succeeds)"
+                )
             return
-        self._ir_gain, self._visible_gain = self._make_gains(p, bundle)
-        self._model = LoadedModel(bundle=bundle, backend=backend, pipeline=pipeline, path=path)
+        model = outcome.model
+        self._ir_gain, self._visible_gain = self._make_gains(p, model.bundle)
         self._model_error = ""
         self.get_logger().info(
-            f"model '{bundle.name}' from {path} on backend {backend.name} "
-            f"(detector: {bundle.detection is not None}, "
-            f"segmenter: {bundle.segmentation is not None})"
+            f"model '{model.bundle.name}' from {path} on backend {model.backend.name} "
+            f"(detector: {model.bundle.detection is not None}, "
+            f"segmenter: {model.bundle.segmentation is not None}; "
+            f"loaded and warmed up in {outcome.seconds:.2f} s)"
         )
 
     # ---------------------------------------------------------------- ROS I/O
@@ -384,19 +407,26 @@ class FusionNode(Node):
             "Outputs are reliable, depth 10."
         )
 
-    def _seen(self, stream: int) -> None:
+    def _seen(self, stream: int, stamp_ns: int) -> None:
         now = self._steady.now().nanoseconds * 1e-9
         self._rates[STREAM_NAMES[stream]].tick(now)
         self._silence.seen(STREAM_NAMES[stream], now)
+        if stamp_ns:
+            self._stamp_offsets.add(STREAM_NAMES[stream], stamp_ns)
 
     def _seen_callback(self, stream: int) -> Callable[[Image], None]:
-        return lambda _msg: self._seen(stream)
+        def callback(msg: Image) -> None:
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+            self._seen(stream, stamp_ns)
+            self._accounting.seen(stream, stamp_ns)
+
+        return callback
 
     def _image_callback(self, stream: int) -> Callable[[Image], None]:
         def callback(msg: Image) -> None:
             # No decoding here: the executor thread only pairs and hands over.
-            self._seen(stream)
             stamp_ns = stamp_to_ns(msg.header.stamp)
+            self._seen(stream, stamp_ns)
             if stamp_ns == 0:
                 # A driver that never stamps its images cannot be paired by time; queued, it
                 # would pair once and then be dropped as a duplicate stamp with no clear reason.
@@ -413,6 +443,9 @@ class FusionNode(Node):
         return callback
 
     def _on_synced_pair(self, ir_msg: Image, visible_msg: Image) -> None:
+        self._accounting.paired(
+            stamp_to_ns(ir_msg.header.stamp), stamp_to_ns(visible_msg.header.stamp)
+        )
         self._hand_over((ir_msg, visible_msg))
 
     def _hand_over(self, pair: tuple[Image, Image]) -> None:
@@ -449,6 +482,16 @@ class FusionNode(Node):
             self._last_logged[reason] = now
         self.get_logger().error(f"{message} [{reason}, repeats logged every {LOG_THROTTLE_S:g} s]")
 
+    def _warn_throttled(self, key: str, message: str) -> None:
+        """A warning logged at most once per LOG_THROTTLE_S per key (as _count_error)."""
+        now = time.monotonic()
+        with self._log_lock:
+            last = self._last_logged.get(f"warn:{key}")
+            if last is not None and now - last < LOG_THROTTLE_S:
+                return
+            self._last_logged[f"warn:{key}"] = now
+        self.get_logger().warning(f"{message} [{key}, repeats logged every {LOG_THROTTLE_S:g} s]")
+
     def _decode(self, msg: Image, stream: int) -> np.ndarray | None:
         name = STREAM_NAMES[stream]
         problem = check_image_size(msg)
@@ -457,6 +500,15 @@ class FusionNode(Node):
             return None
         try:
             array = msg_to_array(msg)
+            if array.dtype.kind == "f":
+                nonfinite = int(array.size - np.count_nonzero(np.isfinite(array)))
+                if nonfinite:
+                    self._counters.add(f"nonfinite_pixels_{name}", nonfinite)
+                    self._warn_throttled(
+                        f"nonfinite_{name}",
+                        f"{name} image ({msg.encoding}) has {nonfinite} NaN/inf pixels of "
+                        f"{array.size}; they are left out of the gain and shown as 0",
+                    )
             if stream == IR_STREAM:
                 return to_mono8(array, msg.encoding, self._ir_gain)
             return to_bgr8(array, msg.encoding, self._visible_gain)
@@ -482,15 +534,25 @@ class FusionNode(Node):
             self._count_error("inference_error", f"inference failed: {exc}")
             return
         header = visible_msg.header
+        output_stamp = stamp_to_ns(header.stamp)
+        if output_stamp == self._last_output_stamp_ns:
+            # Two outputs with one stamp break every consumer that pairs by stamp (TF, bags).
+            self._count_error(
+                "duplicate_output_stamp",
+                f"pair dropped: its visible stamp {output_stamp} ns was already published",
+            )
+            return
+        if self._stop.is_set():
+            return  # shutting down: publishers are being destroyed
         self._publish_result(model, result, header)
+        self._last_output_stamp_ns = output_stamp
         self._processed += 1
         now_steady = self._steady.now().nanoseconds * 1e-9
         self._rates["processed"].tick(now_steady)
         self._inference_ms.add(result.inference_ms)
         self._total_ms.add(result.total_ms)
         if not self._use_sim_time:
-            latency_ns = self.get_clock().now().nanoseconds - stamp_to_ns(header.stamp)
-            self._latency_ms.add(latency_ns * 1e-6)
+            self._latency.add(self.get_clock().now().nanoseconds, output_stamp)
 
     def _publish_result(self, model: LoadedModel, result: Any, header: Any) -> None:
         p = self.params
@@ -528,6 +590,9 @@ class FusionNode(Node):
         if self._pairer is not None:
             for reason, count in self._pairer.stats.dropped.items():
                 drops[f"pairing_{reason}"] = count
+        else:  # message_filters: unpaired frames counted from outside the synchroniser
+            for reason, count in self._accounting.dropped().items():
+                drops[f"pairing_{reason}"] = count
         drops["superseded"] = self._slot.dropped_superseded
         return drops
 
@@ -546,24 +611,34 @@ class FusionNode(Node):
             drops=self._all_drops(),
             inference_ms=self._inference_ms.percentiles(),
             total_ms=self._total_ms.percentiles(),
-            latency_ms=self._latency_ms.percentiles(),
+            latency_ms=self._latency.percentiles(),
             use_sim_time=self._use_sim_time,
             silent_streams=silent,
             model_error=self._model_error if model is None else "",
+            window_counts={name: meter.count(now) for name, meter in self._rates.items()},
+            window_s=self._rates["pairs"].window_s,
+            slop_s=p.slop,
+            stamp_offset_s=self._stamp_offsets.nearest_offset_s(*STREAM_NAMES),
+            latency_unavailable=self._latency.unavailable(),
+            clock_offset_s=self._latency.clock_offset_s,
+            reload_error=self._models.failure if model is not None else "",
+            counters=self._counters.snapshot(),
+            never_seen=tuple(s for s in STREAM_NAMES if self._silence.never_seen(s)),
         )
 
     def _publish_diagnostics(self) -> None:
         now = self._steady.now().nanoseconds * 1e-9
-        for stream, seconds in self._silence.update(now, STREAM_NAMES).items():
+        for stream in self._silence.update(now, STREAM_NAMES):
             self._drops.add(f"stream_silent_{stream}")
-            other = [s for s in STREAM_NAMES if s != stream][0]
-            self.get_logger().warning(
-                f"no {stream} images for {seconds:.1f} s while {other} images arrive; "
-                "check the camera, topic name and QoS",
-                throttle_duration_sec=LOG_THROTTLE_S,
-            )
         snapshot = self.health()
         level, message = health_level(snapshot)
+        if snapshot.backend:  # without a model the load error is what is logged
+            for key, text in health_warnings(snapshot):
+                self._warn_throttled(key, text)
+        if snapshot.latency_unavailable and not snapshot.use_sim_time:
+            self._warn_throttled(
+                "latency_clock", f"latency not reported: {snapshot.latency_unavailable}"
+            )
         status = make_status(
             f"{self.get_fully_qualified_name()}: fusion",
             snapshot.backend or "none",
