@@ -5,10 +5,18 @@ Two install paths, one file:
 * colcon (``colcon build``) runs ``setup.py develop/install``; setup.cfg sends the console
   scripts to ``<prefix>/lib/ros2_bilevel_fusion``, where ``ros2 run`` and ``ros2 launch`` look.
 * pip (``pip install .``, via setuptools.build_meta, which runs ``bdist_wheel`` or
-  ``editable_wheel`` in sys.argv) puts console scripts in ``<prefix>/bin``; we then also install
+  ``editable_wheel``) puts console scripts in ``<prefix>/bin``; we then also install
   tiny sh wrappers into ``<prefix>/lib/ros2_bilevel_fusion`` that exec their sibling in
   ``../../bin``, so ``ros2 run``-style lookups work too. They are added for wheel builds only,
   so colcon's own scripts are never overwritten.
+
+A PEP 517 build (pip, ``python -m build``) is told apart from colcon's direct ``setup.py``
+calls by the backend being loaded (``setuptools.build_meta`` in sys.modules): sys.argv does not
+say it, since pip first asks for the metadata (``dist_info``/``egg_info``) and only then builds.
+Only PEP 517 builds declare the runtime dependencies (RUNTIME_REQUIREMENTS): with colcon they
+come from rosdep (package.xml), and apt's python3-opencv is not a distribution named
+opencv-python-headless, so a declared requirement would make the installed scripts refuse to
+start, and ``setup.py develop`` would try to fetch it.
 """
 
 from __future__ import annotations
@@ -35,22 +43,23 @@ CONSOLE_SCRIPTS = {
 # TensorRT engines and timing caches are built per GPU; never ship them.
 SKIP_SUFFIXES = (".engine", ".timing_cache", ".pyc")
 
-WHEEL_BUILD = any(arg in ("bdist_wheel", "editable_wheel") for arg in sys.argv)
+PEP517_BUILD = "setuptools.build_meta" in sys.modules
+WHEEL_BUILD = PEP517_BUILD or any(arg in ("bdist_wheel", "editable_wheel") for arg in sys.argv)
 
-# Only wheels get dependencies from PyPI: colcon's "setup.py develop" would try to fetch them
-# with easy_install, and on a ROS install they come from rosdep (package.xml) instead.
-# The ROS 2 Python packages themselves (rclpy, messages) are not listed: on PyPI they are the
-# ros-kilted-* wheels (requirements/runtime.txt), on a ROS install they come with ROS.
-WHEEL_REQUIREMENTS = [
+# What ros2_bilevel_fusion imports (the node, bag tools, fusion-eval, fusion-demo), as PyPI
+# names; requirements/runtime.txt lists the same plus the ROS 2 wheels. The ROS 2 Python
+# packages themselves (rclpy, messages) are not listed: on PyPI they are the ros-kilted-*
+# wheels (requirements/runtime.txt), on a ROS install they come with ROS.
+RUNTIME_REQUIREMENTS = [
     "numpy",
-    "opencv-python-headless",
+    "opencv-python-headless>=4.7",  # cv2.dnn.NMSBoxesBatched (older OpenCV: a slower fallback)
     "onnxruntime",
     "pyyaml",
     "rosbags",
-    "scipy",
     "scikit-image",
+    "pycocotools",  # fusion-eval's COCO mAP
+    "matplotlib",  # fusion-eval / fusion-demo plots
 ]
-
 
 def tree(folder: str) -> list[tuple[str, list[str]]]:
     """data_files entries for every file under ``folder``, keeping sub-folders."""
@@ -107,7 +116,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     data_files=data_files,
-    install_requires=["setuptools", *(WHEEL_REQUIREMENTS if WHEEL_BUILD else [])],
+    install_requires=["setuptools", *(RUNTIME_REQUIREMENTS if WHEEL_BUILD else [])],
     extras_require={"test": ["pytest"]},
     zip_safe=False,
     entry_points={"console_scripts": [f"{n} = {t}" for n, t in CONSOLE_SCRIPTS.items()]},

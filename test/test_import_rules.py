@@ -27,7 +27,7 @@ COMMON = {"numpy", "cv2", "yaml", "scipy"}
 # subpackage -> (own subpackages it may import, third-party top-level modules it may import)
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "core": ({"core"}, COMMON | {"ament_index_python"}),
-    "messages": ({"core", "messages"}, COMMON | ROS_MESSAGES),
+    "messages": ({"core", "messages"}, COMMON | ROS_MESSAGES | {"cv_bridge"}),
     "backends": ({"core", "backends"}, COMMON | {"onnxruntime", "onnx", "tensorrt", "cuda"}),
     "node": (
         {"core", "messages", "backends", "node"},

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import email.parser
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -109,16 +112,105 @@ def test_installed_wrapper_runs_from_any_cwd(wheel: Path, tmp_path: Path) -> Non
     assert (Path(sample) / "metadata.yaml").is_file()
 
 
-def test_package_xml_declares_ament_python_and_deps(repo_root: Path) -> None:
+# Top-level modules the package imports -> the PyPI distribution the wheel must require.
+# ROS 2 modules come from ROS (or the ros-kilted-* wheels of requirements/runtime.txt).
+PYPI_FOR_MODULE = {
+    "numpy": "numpy", "cv2": "opencv-python-headless", "onnxruntime": "onnxruntime",
+    "yaml": "pyyaml", "rosbags": "rosbags", "skimage": "scikit-image",
+    "pycocotools": "pycocotools", "matplotlib": "matplotlib",
+}
+# Top-level modules -> package.xml keys (rosdep).
+ROSDEP_FOR_MODULE = {
+    "rclpy": "rclpy", "rcl_interfaces": "rcl_interfaces",
+    "ament_index_python": "ament_index_python", "sensor_msgs": "sensor_msgs",
+    "std_msgs": "std_msgs", "diagnostic_msgs": "diagnostic_msgs",
+    "rosgraph_msgs": "rosgraph_msgs", "vision_msgs": "vision_msgs",
+    "message_filters": "message_filters", "cv_bridge": "cv_bridge", "launch": "launch",
+    "launch_ros": "launch_ros", "numpy": "python3-numpy", "cv2": "python3-opencv",
+    "yaml": "python3-yaml", "skimage": "python3-skimage", "matplotlib": "python3-matplotlib",
+    "onnxruntime": "python3-onnxruntime-pip", "rosbags": "python3-rosbags-pip",
+}
+# Imported only by optional backends (GPU machines) or without a rosdep key (pip).
+OPTIONAL_MODULES = {"tensorrt", "cuda", "torch", "pycocotools"}
+
+
+def _imported_top_modules(repo_root: Path) -> set[str]:
+    files = [*(repo_root / PACKAGE).rglob("*.py"), repo_root / "launch" / "fusion.launch.py"]
+    found: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    return found - stdlib - {PACKAGE}
+
+
+def _requires_dist(wheel: Path) -> dict[str, str]:
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = email.parser.Parser().parsestr(archive.read(name).decode())
+    requirements = {}
+    for line in metadata.get_all("Requires-Dist") or []:
+        if "extra ==" in line:
+            continue
+        match = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", line)
+        requirements[match.group(1).lower()] = match.group(2).strip()
+    return requirements
+
+
+def test_wheel_requires_what_the_package_imports(wheel: Path, repo_root: Path) -> None:
+    """The PEP 517 build (pip) declares the runtime dependencies; before, setup.py looked for
+    bdist_wheel in sys.argv, which pip's metadata step does not pass, so only setuptools was
+    declared and `pip install .` left the node unable to start."""
+    requires = _requires_dist(wheel)
+    imported = _imported_top_modules(repo_root)
+    unknown = imported - set(PYPI_FOR_MODULE) - set(ROSDEP_FOR_MODULE) - OPTIONAL_MODULES
+    assert not unknown, f"imports with no declared dependency: {sorted(unknown)}"
+    for module, distribution in PYPI_FOR_MODULE.items():
+        assert module in imported, f"{module} is declared but never imported"
+        assert distribution in requires, distribution
+    assert requires["opencv-python-headless"] == ">=4.7"  # cv2.dnn.NMSBoxesBatched
+    assert set(requires) == {"setuptools", *PYPI_FOR_MODULE.values()}
+    # requirements/runtime.txt: the same distributions plus the ROS 2 wheels.
+    lines = [line.split("#")[0].strip() for line in
+             (repo_root / "requirements" / "runtime.txt").read_text().splitlines()]
+    listed = {re.split(r"[<>=!~ ]", line)[0].lower() for line in lines if line}
+    assert {name for name in listed if not name.startswith("ros-")} == set(PYPI_FOR_MODULE.values())
+
+
+def test_colcon_setup_py_declares_no_pypi_dependencies(repo_root: Path, tmp_path: Path) -> None:
+    """colcon runs setup.py directly: there the runtime dependencies come from rosdep."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "setup.cfg", "package.xml", "resource", PACKAGE):
+        path = repo_root / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, source / name)
+    egg_base = tmp_path / "egg"
+    egg_base.mkdir()
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(egg_base)],
+                   cwd=source, check=True, timeout=120, capture_output=True)
+    requires = next(egg_base.glob("*.egg-info/requires.txt")).read_text().split("[", 1)[0]
+    assert requires.split() == ["setuptools"]
+
+
+def test_package_xml_lists_exactly_what_the_code_imports(repo_root: Path) -> None:
     root = ET.parse(repo_root / "package.xml").getroot()
     assert root.get("format") == "3"
     assert root.findtext("name") == PACKAGE
     assert root.find("export/build_type").text == "ament_python"
-    depends = {element.text for element in root if element.tag.endswith("depend")}
-    for name in ("rclpy", "sensor_msgs", "std_msgs", "vision_msgs", "message_filters",
-                 "cv_bridge", "diagnostic_msgs", "launch", "launch_ros", "python3-numpy",
-                 "python3-opencv", "python3-yaml", "python3-pytest"):
-        assert name in depends, name
+    exec_depends = {e.text for e in root if e.tag in ("exec_depend", "depend")}
+    imported = _imported_top_modules(repo_root)
+    expected = {ROSDEP_FOR_MODULE[m] for m in imported if m in ROSDEP_FOR_MODULE}
+    assert exec_depends == expected, (
+        f"declared, never imported: {sorted(exec_depends - expected)}; "
+        f"imported, not declared: {sorted(expected - exec_depends)}"
+    )
+    assert {e.text for e in root if e.tag == "test_depend"} == {"python3-pytest"}
 
 
 def test_setup_cfg_sends_colcon_scripts_to_lib(repo_root: Path) -> None:
