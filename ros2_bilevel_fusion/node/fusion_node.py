@@ -69,9 +69,11 @@ from ros2_bilevel_fusion.messages.codec import (
     GainControl,
     ImageCodecError,
     array_to_msg,
-    msg_to_array,
     to_bgr8,
     to_mono8,
+)
+from ros2_bilevel_fusion.messages.cv_bridge_path import (
+    message_to_array as image_message_to_array,
 )
 from ros2_bilevel_fusion.messages.detections import (
     DetectionsJson,
@@ -499,7 +501,7 @@ class FusionNode(Node):
             self._count_error(f"size_mismatch_{name}", f"{name} image dropped: {problem}")
             return None
         try:
-            array = msg_to_array(msg)
+            array, _encoding = image_message_to_array(msg)  # cv_bridge where installed
             if array.dtype.kind == "f":
                 nonfinite = int(array.size - np.count_nonzero(np.isfinite(array)))
                 if nonfinite:
