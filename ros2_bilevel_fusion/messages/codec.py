@@ -504,7 +504,10 @@ class AutoGain:
             levels = np.arange(256 if image.dtype == np.uint8 else 65536, dtype=np.float32)
             lut = np.clip(np.rint((levels - low) * scale), 0, 255).astype(np.uint8)
             return np.take(lut, image)
-        stretched = (image.astype(np.float32, copy=False) - np.float32(low)) * np.float32(scale)
+        # A stray huge value (1e30 on a narrow range) overflows to inf and saturates to 255
+        # below; numpy's overflow warning would only flood the log once per process.
+        with np.errstate(over="ignore", invalid="ignore"):
+            stretched = (image.astype(np.float32, copy=False) - np.float32(low)) * np.float32(scale)
         stretched = np.nan_to_num(stretched, nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
 
