@@ -70,7 +70,7 @@ def test_repair_resets_only_the_bad_parameters() -> None:
     assert validate(repaired) is None
     assert sorted(name for name, _ in fixes) == ["agc_low_percentile", "qos"]
     assert repaired.score_threshold == 0.7 and repaired.slop == 0.2
-    assert repaired.qos == "sensor_data" and repaired.agc_low_percentile == FROM_BUNDLE
+    assert repaired.qos == "auto" and repaired.agc_low_percentile == FROM_BUNDLE
 
 
 def test_integer_overrides_for_doubles_are_coerced() -> None:

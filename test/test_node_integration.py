@@ -48,8 +48,11 @@ OUTPUT_TOPICS = {
 }
 
 
-def start_node(namespace: str, *params: str, log_path: Path) -> subprocess.Popen:
-    """fusion_node (`python -m ros2_bilevel_fusion.node.fusion_node`) in ``namespace``.
+def start_node(
+    namespace: str, *params: str, log_path: Path, remaps: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """fusion_node (`python -m ros2_bilevel_fusion.node.fusion_node`) in ``namespace``, with
+    ``-p`` for each of ``params`` and ``-r`` for each of ``remaps``.
 
     The environment comes from conftest.
     """
@@ -63,6 +66,8 @@ def start_node(namespace: str, *params: str, log_path: Path) -> subprocess.Popen
     ]
     for param in params:
         args += ["-p", param]
+    for remap in remaps:
+        args += ["-r", remap]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -451,7 +456,7 @@ def test_sim_time_without_clock_still_serves_and_reports(
     fixture_bundle: Path, tmp_path: Path
 ) -> None:
     """use_sim_time with no /clock publisher: diagnostics run on the steady clock, outputs keep
-    the input stamps, latency is reported as n/a. Also the default input QoS (sensor_data)."""
+    the input stamps, latency is reported as n/a. Also the default input QoS (auto)."""
     namespace = "/it_sim"
     process = start_node(
         namespace,
@@ -479,7 +484,7 @@ def test_sim_time_without_clock_still_serves_and_reports(
         )
         status = harness.node_status()
         assert status["latency_ms"].startswith("n/a") and "latency_ms_p50" not in status
-        assert status["qos"].startswith("sensor_data")
+        assert status["qos"].startswith("auto")
     finally:
         harness.close()
         stop_node(process)

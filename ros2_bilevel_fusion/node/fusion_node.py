@@ -38,14 +38,8 @@ from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
-from sensor_msgs.msg import Image
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from ros2_bilevel_fusion.core.bundle import PreprocessSpec
@@ -94,6 +88,7 @@ from ros2_bilevel_fusion.node.diagnostics import (
     health_warnings,
     make_status,
 )
+from ros2_bilevel_fusion.node.inputs import NodeInputs, output_camera_info
 from ros2_bilevel_fusion.node.model_slot import (
     LoadedModel,
     LoadRequest,
@@ -119,23 +114,6 @@ STREAM_NAMES = ("ir", "visible")
 NODE_NAME = "fusion_node"
 # Throttle period of every repeated error/warning log.
 LOG_THROTTLE_S = 5.0
-
-
-def qos_for(name: str, depth: int) -> QoSProfile:
-    if name == "reliable":
-        return QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=depth,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.VOLATILE,
-        )
-    profile = QoSProfile(
-        history=qos_profile_sensor_data.history,
-        depth=depth,
-        reliability=qos_profile_sensor_data.reliability,
-        durability=qos_profile_sensor_data.durability,
-    )
-    return profile
 
 
 def check_image_size(msg: Image) -> str | None:
@@ -364,6 +342,13 @@ class FusionNode(Node):
         self._pub_seg = self.create_publisher(Image, "~/segmentation", out_qos)
         self._pub_seg_color = self.create_publisher(Image, "~/segmentation/color", out_qos)
         self._pub_debug = self.create_publisher(Image, "~/debug_image", out_qos)
+        # image_transport / RViz name camera_info beside the image: ~/camera_info serves
+        # ~/fused, ~/segmentation and ~/debug_image; ~/segmentation/camera_info serves
+        # ~/segmentation/color. Published only once the visible camera_info has arrived.
+        self._pub_camera_info = self.create_publisher(CameraInfo, "~/camera_info", out_qos)
+        self._pub_seg_camera_info = self.create_publisher(
+            CameraInfo, "~/segmentation/camera_info", out_qos
+        )
         self._pub_det_json = self.create_publisher(String, "~/detections/json", out_qos)
         self._pub_det = None
         detection_array = detection2d_array_class()
@@ -377,35 +362,42 @@ class FusionNode(Node):
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def _make_subscriptions(self) -> None:
+        """Subscriptions, QoS choice and camera_info live in node/inputs.py; here: pairing."""
         p = self.params
-        qos = qos_for(p.qos, p.qos_depth)
-        topics = (p.ir_topic, p.visible_topic)
         if message_filters is not None:
-            subs = [
-                message_filters.Subscriber(self, Image, topic, qos_profile=qos) for topic in topics
-            ]
-            for stream, sub in enumerate(subs):
-                sub.registerCallback(self._seen_callback(stream))
-            self._sync = message_filters.ApproximateTimeSynchronizer(subs, p.queue_size, p.slop)
+            # The synchroniser is fed from our own subscriptions (their QoS can change).
+            filters = [message_filters.SimpleFilter() for _ in STREAM_NAMES]
+            self._sync = message_filters.ApproximateTimeSynchronizer(filters, p.queue_size, p.slop)
             self._sync.registerCallback(self._on_synced_pair)
-            resolved = [sub.sub.topic_name for sub in subs]
+
+            def feeding(stream: int) -> Callable[[Any], None]:
+                seen = self._seen_callback(stream)
+
+                def callback(msg: Any) -> None:
+                    seen(msg)
+                    filters[stream].signalMessage(msg)
+
+                return callback
+
+            callbacks = [feeding(stream) for stream in range(len(STREAM_NAMES))]
             pairing = "message_filters.ApproximateTimeSynchronizer"
         else:
             self._pairer = ApproximateTimePairer(
                 p.queue_size, p.slop, clock_ns=lambda: self.get_clock().now().nanoseconds
             )
-            subs = [
-                self.create_subscription(Image, topic, self._image_callback(stream), qos)
-                for stream, topic in enumerate(topics)
-            ]
-            resolved = [sub.topic_name for sub in subs]
+            callbacks = [self._image_callback(stream) for stream in range(len(STREAM_NAMES))]
             pairing = "in-package ApproximateTimePairer (message_filters not importable)"
-        self._subscriptions_kept = subs
-        reliability = "reliable" if p.qos == "reliable" else "best effort"
+        self._inputs = NodeInputs(
+            self,
+            p,
+            callbacks,
+            now_s=lambda: self._steady.now().nanoseconds * 1e-9,
+            clock=self._steady,
+        )
+        ir_topic, visible_topic = self._inputs.topics()
         self.get_logger().info(
-            f"subscribing IR {resolved[0]} and visible {resolved[1]} with QoS '{p.qos}' "
-            f"({reliability}, keep last {p.qos_depth}); a reliable subscriber does not match "
-            f"best-effort cameras. Pairing: {pairing}, slop {p.slop} s, queue {p.queue_size}. "
+            f"subscribing IR {ir_topic} and visible {visible_topic} (qos:={p.qos}, keep last "
+            f"{p.qos_depth}); pairing: {pairing}, slop {p.slop} s, queue {p.queue_size}. "
             "Outputs are reliable, depth 10."
         )
 
@@ -494,30 +486,32 @@ class FusionNode(Node):
             self._last_logged[f"warn:{key}"] = now
         self.get_logger().warning(f"{message} [{key}, repeats logged every {LOG_THROTTLE_S:g} s]")
 
-    def _decode(self, msg: Image, stream: int) -> np.ndarray | None:
+    def _decode(self, msg: Any, stream: int) -> np.ndarray | None:
+        """An Image or CompressedImage (the transport) as mono8 (IR) / bgr8 (visible)."""
         name = STREAM_NAMES[stream]
-        problem = check_image_size(msg)
+        encoding = getattr(msg, "encoding", None) or f"compressed {getattr(msg, 'format', '')!r}"
+        problem = check_image_size(msg) if isinstance(msg, Image) else None
         if problem is not None:
             self._count_error(f"size_mismatch_{name}", f"{name} image dropped: {problem}")
             return None
         try:
-            array, _encoding = image_message_to_array(msg)  # cv_bridge where installed
+            array, encoding = image_message_to_array(msg)  # cv_bridge where installed
             if array.dtype.kind == "f":
                 nonfinite = int(array.size - np.count_nonzero(np.isfinite(array)))
                 if nonfinite:
                     self._counters.add(f"nonfinite_pixels_{name}", nonfinite)
                     self._warn_throttled(
                         f"nonfinite_{name}",
-                        f"{name} image ({msg.encoding}) has {nonfinite} NaN/inf pixels of "
+                        f"{name} image ({encoding}) has {nonfinite} NaN/inf pixels of "
                         f"{array.size}; they are left out of the gain and shown as 0",
                     )
             if stream == IR_STREAM:
-                return to_mono8(array, msg.encoding, self._ir_gain)
-            return to_bgr8(array, msg.encoding, self._visible_gain)
+                return to_mono8(array, encoding, self._ir_gain)
+            return to_bgr8(array, encoding, self._visible_gain)
         except (ImageCodecError, ValueError) as exc:
             self._count_error(
                 f"decode_error_{name}",
-                f"{name} image dropped (encoding {msg.encoding!r}): {exc}",
+                f"{name} image dropped (encoding {encoding!r}): {exc}",
             )
             return None
 
@@ -546,6 +540,7 @@ class FusionNode(Node):
             return
         if self._stop.is_set():
             return  # shutting down: publishers are being destroyed
+        self._publish_camera_info(model, result, header, visible.shape[:2])
         self._publish_result(model, result, header)
         self._last_output_stamp_ns = output_stamp
         self._processed += 1
@@ -555,6 +550,20 @@ class FusionNode(Node):
         self._total_ms.add(result.total_ms)
         if not self._use_sim_time:
             self._latency.add(self.get_clock().now().nanoseconds, output_stamp)
+
+    def _publish_camera_info(
+        self, model: LoadedModel, result: Any, header: Any, input_hw: tuple[int, int]
+    ) -> None:
+        """The visible camera_info in the outputs' geometry, with their header (none until the
+        visible camera_info has arrived)."""
+        info = self._inputs.camera_info(VISIBLE_STREAM)
+        if info is None:
+            return
+        out = output_camera_info(info, header, result.fused_y.shape[:2], input_hw)
+        self._pub_camera_info.publish(out)
+        segmentation = model.bundle.segmentation
+        if self.params.publish_segmentation and result.seg_labels is not None and segmentation:
+            self._pub_seg_camera_info.publish(out)
 
     def _publish_result(self, model: LoadedModel, result: Any, header: Any) -> None:
         p = self.params
@@ -606,7 +615,7 @@ class FusionNode(Node):
         return HealthSnapshot(
             backend=model.backend.name if model else "",
             model=model.bundle.name if model else "",
-            qos=f"{p.qos} depth {p.qos_depth}",
+            qos=self._inputs.qos_summary(),
             rates_hz={name: meter.rate(now) for name, meter in self._rates.items()},
             pairs=self._pairs,
             processed=self._processed,

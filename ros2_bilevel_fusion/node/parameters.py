@@ -20,7 +20,16 @@ from ros2_bilevel_fusion.backends import BACKEND_KINDS
 from ros2_bilevel_fusion.core.bundle import PreprocessSpec
 
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-QOS_CHOICES = ("sensor_data", "reliable")
+# auto: reliable when every publisher of the topic is reliable, else best effort (re-checked
+# as publishers come and go); reliable / sensor_data (best effort) force one.
+QOS_CHOICES = ("auto", "reliable", "sensor_data")
+TRANSPORT_CHOICES = ("raw", "compressed")
+# Not parameters: the node's input names, relative to its namespace. Topics are set one way
+# only, by remapping them (-r ir/image:=/thermal/image_raw); the ``compressed`` transport and
+# ``camera_info`` follow the remapped name as image_transport does
+# (/thermal/image_raw/compressed, /thermal/camera_info).
+IR_IMAGE_TOPIC = "ir/image"
+VISIBLE_IMAGE_TOPIC = "visible/image"
 # The value of an overriding parameter that means "the bundle's value" (model.yaml).
 FROM_BUNDLE = -1.0
 
@@ -41,16 +50,23 @@ class ParameterSpec:
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
-        "ir_topic", "ir/image", "Infrared image topic (relative: follows namespace)", read_only=True
-    ),
-    ParameterSpec(
-        "visible_topic", "visible/image", "Visible image topic (relative)", read_only=True
-    ),
-    ParameterSpec(
         "qos",
-        "sensor_data",
-        "Input QoS: sensor_data (best effort) or reliable; "
-        "must be compatible with the camera publishers",
+        "auto",
+        "Input QoS: auto (reliable when every publisher is reliable, else best effort; "
+        "re-checked as publishers come and go), reliable, or sensor_data (best effort)",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "ir_transport",
+        "raw",
+        "IR input transport: raw (ir/image) or compressed (ir/image/compressed, JPEG/PNG)",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "visible_transport",
+        "raw",
+        "Visible input transport: raw (visible/image) or compressed "
+        "(visible/image/compressed, JPEG/PNG)",
         read_only=True,
     ),
     ParameterSpec("qos_depth", 10, "Input QoS history depth", 1, 1000, read_only=True),
@@ -162,9 +178,9 @@ SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 class FusionParameters:
     """Typed snapshot of every parameter (field names = parameter names)."""
 
-    ir_topic: str
-    visible_topic: str
     qos: str
+    ir_transport: str
+    visible_transport: str
     qos_depth: int
     slop: float
     queue_size: int
@@ -213,6 +229,9 @@ def validate(params: FusionParameters, preprocessing: PreprocessSpec | None = No
 
     if params.qos not in QOS_CHOICES:
         return f"qos must be one of {QOS_CHOICES}, got {params.qos!r}"
+    for name in ("ir_transport", "visible_transport"):
+        if getattr(params, name) not in TRANSPORT_CHOICES:
+            return f"{name} must be one of {TRANSPORT_CHOICES}, got {getattr(params, name)!r}"
     if params.backend.strip().lower() not in BACKEND_KINDS:
         return f"backend must be one of {BACKEND_KINDS}, got {params.backend!r}"
     low, high = _percentiles(params, preprocessing or PreprocessSpec())
