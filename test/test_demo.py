@@ -102,6 +102,29 @@ def test_demo_fails_clearly_on_missing_bundle(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "report.md").exists()
 
 
+def test_demo_on_a_bag_without_its_topics_fails_fast_naming_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sample bag has /ir/image and /visible/image; other names fail before any process
+    starts, and the message lists what the bag has."""
+    import time
+
+    started = time.monotonic()
+    with caplog.at_level("ERROR"):
+        code = demo.main(["--out", str(tmp_path / "out"), "--ir-topic", "/thermal/image_raw",
+                          "--visible-topic", "/color/image_raw"])
+    assert code == 1 and time.monotonic() - started < 5.0
+    assert "ir topic /thermal/image_raw is not in the bag (pass --ir-topic)" in caplog.text
+    assert "/ir/image (sensor_msgs/msg/Image" in caplog.text
+    assert "/visible/image (sensor_msgs/msg/Image" in caplog.text
+    assert not (tmp_path / "out" / "node.log").exists()
+    # The live run checks the same before starting its node.
+    with pytest.raises(live_run.LiveRunError, match="visible topic /color/image_raw"):
+        live_run.run_bag_through_node(resources.sample_bag_path(),
+                                      visible_topic="/color/image_raw", out_dir=tmp_path / "lr")
+    assert not (tmp_path / "lr" / "node.log").exists()
+
+
 def test_live_run_rejects_non_bag(tmp_path: Path) -> None:
     with pytest.raises(live_run.LiveRunError):
         live_run.run_bag_through_node(tmp_path)

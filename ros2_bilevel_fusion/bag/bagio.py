@@ -36,6 +36,7 @@ from ros2_bilevel_fusion.messages import codec
 from ros2_bilevel_fusion.messages.stamps import ns_to_sec_nanosec, set_stamp
 
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_MSGTYPE = "sensor_msgs/msg/CompressedImage"
 #: The input topics of our bags: the node's default subscriptions (IR, visible).
 IR_TOPIC = "/ir/image"
 VISIBLE_TOPIC = "/visible/image"
@@ -97,12 +98,71 @@ def bag_topics(bag: Path) -> dict[str, TopicInfo]:
         }
 
 
+@dataclass(frozen=True)
+class InputTopic:
+    """One camera stream of a bag: its topic there and whether it holds CompressedImage."""
+
+    bag_topic: str
+    msgtype: str
+
+    @property
+    def compressed(self) -> bool:
+        return self.msgtype == COMPRESSED_IMAGE_MSGTYPE
+
+    def live_topic(self, node_input: str) -> str:
+        """The topic to replay it on for a node reading ``node_input`` (image_transport names:
+        a compressed stream goes to ``<node_input>/compressed``)."""
+        return f"{node_input}/compressed" if self.compressed else node_input
+
+
+def _describe_topics(topics: dict[str, TopicInfo]) -> str:
+    if not topics:
+        return "no topics"
+    return ", ".join(f"{name} ({info.msgtype}, {info.count} msgs)"
+                     for name, info in sorted(topics.items()))
+
+
+def find_input_topics(
+    bag: Path, ir_topic: str = IR_TOPIC, visible_topic: str = VISIBLE_TOPIC
+) -> dict[str, InputTopic]:
+    """{"ir": ..., "visible": ...}: the bag's two camera streams, checked before anything runs.
+
+    Each name may be an Image topic, a CompressedImage topic, or an Image topic name whose
+    ``/compressed`` sibling is what the bag holds (as image_transport names it). Raises
+    :class:`BagError` naming every topic of the bag (type, count) when one is missing, empty or
+    not an image.
+    """
+    topics = bag_topics(bag)
+    found: dict[str, InputTopic] = {}
+    problems = []
+    for stream, flag, name in (("ir", "--ir-topic", ir_topic),
+                               ("visible", "--visible-topic", visible_topic)):
+        candidates = [name, f"{name.rstrip('/')}/compressed"]
+        present = [c for c in candidates if c in topics]
+        images = [c for c in present if topics[c].msgtype in (IMAGE_MSGTYPE,
+                                                              COMPRESSED_IMAGE_MSGTYPE)]
+        if images and topics[images[0]].count > 0:
+            found[stream] = InputTopic(images[0], topics[images[0]].msgtype)
+        elif images:
+            problems.append(f"{stream} topic {images[0]} has no messages")
+        elif present:
+            problems.append(f"{stream} topic {present[0]} is {topics[present[0]].msgtype}, not "
+                            "sensor_msgs/msg/Image or CompressedImage")
+        else:
+            problems.append(f"{stream} topic {name} is not in the bag (pass {flag})")
+    if problems:
+        raise BagError(f"{bag}: {'; '.join(problems)}. The bag has: {_describe_topics(topics)}")
+    return found
+
+
 def read_bag(bag: Path, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
     """Messages in record-time order, optionally only from ``topics``."""
     with _open_reader(bag) as reader:
         connections = [c for c in reader.connections if topics is None or c.topic in topics]
         if topics is not None and not connections:
-            raise BagError(f"{bag}: none of the topics {list(topics)} are in the bag")
+            have = {c.topic: TopicInfo(c.msgtype or "", c.msgcount) for c in reader.connections}
+            raise BagError(f"{bag}: none of the topics {list(topics)} are in the bag; it has: "
+                           f"{_describe_topics(have)}")
         messages = reader.messages(connections=connections)
         while True:
             try:

@@ -35,6 +35,13 @@ import numpy as np
 import yaml
 
 import ros2_bilevel_fusion
+from ros2_bilevel_fusion.bag.bagio import (
+    IR_TOPIC,
+    VISIBLE_TOPIC,
+    BagError,
+    InputTopic,
+    find_input_topics,
+)
 from ros2_bilevel_fusion.bag.recorder import NODE_NAME, OutputRecorder, Record, output_topics
 
 LOG = logging.getLogger("fusion-live-run")
@@ -69,10 +76,20 @@ class LiveRunResult:
     model: str = ""
     node_exit_code: int | None = None
     wall_time_s: float = 0.0
+    # "ir"/"visible" -> the bag's stream (its topic there, Image or CompressedImage).
+    bag_inputs: dict[str, InputTopic] = field(default_factory=lambda: {
+        "ir": InputTopic(IR_TOPIC, "sensor_msgs/msg/Image"),
+        "visible": InputTopic(VISIBLE_TOPIC, "sensor_msgs/msg/Image"),
+    })
 
     def output(self, name: str) -> list[Record]:
         """Records of an output by its short name, e.g. ``result.output("fused")``."""
         return self.records.get(self.topics[name], [])
+
+    def input_records(self, stream: str) -> list[Record]:
+        """What the recorder saw of the replayed ``"ir"`` or ``"visible"`` input."""
+        node_input = IR_TOPIC if stream == "ir" else VISIBLE_TOPIC
+        return self.records.get(self.bag_inputs[stream].live_topic(node_input), [])
 
     @property
     def pairs_out(self) -> int:
@@ -223,12 +240,19 @@ def run_bag_through_node(
     domain_id: int | None = None,
     loops: int = 1,
     keep_images: int = 100_000,
+    ir_topic: str = IR_TOPIC,
+    visible_topic: str = VISIBLE_TOPIC,
 ) -> LiveRunResult:
     """Play ``bag`` into a freshly started fusion node and record what it publishes.
 
+    ``ir_topic``/``visible_topic``: the bag's camera topics (Image, or CompressedImage on the
+    topic or its ``/compressed`` sibling). They are checked before anything starts; the
+    replayer remaps them onto the node's inputs (``/ir/image``, ``/visible/image``, or their
+    ``/compressed`` topics with the node's ``*_transport`` parameter set to ``compressed``).
     ``node_params`` override the node's parameters (``bundle_path`` and ``backend`` come from
     the arguments). Logs (node.log, replay.log, params.yaml) go to ``out_dir`` or a temp folder.
-    Raises :class:`LiveRunError` when the node dies or never comes up.
+    Raises :class:`LiveRunError` when the bag lacks the topics (naming the ones it has), or the
+    node dies or never comes up.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -238,6 +262,12 @@ def run_bag_through_node(
     bag = Path(bag).resolve()
     if not (bag / "metadata.yaml").is_file():
         raise LiveRunError(f"{bag} is not a rosbag2 folder")
+    try:
+        inputs = find_input_topics(bag, ir_topic, visible_topic)
+    except BagError as exc:
+        raise LiveRunError(str(exc)) from exc
+    live_inputs = {"ir": inputs["ir"].live_topic(IR_TOPIC),
+                   "visible": inputs["visible"].live_topic(VISIBLE_TOPIC)}
     work_dir = (Path(out_dir) if out_dir is not None
                 else Path(tempfile.mkdtemp(prefix="live_run_"))).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -252,6 +282,9 @@ def run_bag_through_node(
     # Reliable inputs by default: in one run here a best-effort subscriber paired only 10 of 18
     # replayed 640x480 pairs (all 18 with reliable); a replay should measure the node, not DDS.
     params: dict[str, Any] = {"backend": backend, "qos": "reliable"}
+    for stream in ("ir", "visible"):
+        if inputs[stream].compressed:
+            params[f"{stream}_transport"] = "compressed"
     if bundle is not None:
         params["bundle_path"] = str(Path(bundle).resolve())
     params.update(node_params or {})
@@ -264,7 +297,8 @@ def run_bag_through_node(
     rclpy.init(context=context, domain_id=domain)
     executor = SingleThreadedExecutor(context=context)
     listener = rclpy.create_node("fusion_live_recorder", context=context)
-    recorder = OutputRecorder(listener, keep_images=keep_images)
+    recorder = OutputRecorder(listener, keep_images=keep_images,
+                              input_topics=tuple(live_inputs.values()))
     executor.add_node(listener)
     spinner = threading.Thread(target=executor.spin, name="live_run_spin", daemon=True)
     spinner.start()
@@ -302,6 +336,9 @@ def run_bag_through_node(
         replay_command = [
             sys.executable, "-m", "ros2_bilevel_fusion.bag.replay", str(bag), "--rate", str(rate),
             "--loop", str(loops), "--restamp", "--qos", "reliable",
+            "--topics", inputs["ir"].bag_topic, inputs["visible"].bag_topic,
+            "--remap", f"{inputs['ir'].bag_topic}:={live_inputs['ir']}",
+            "--remap", f"{inputs['visible'].bag_topic}:={live_inputs['visible']}",
             # The node and this recorder both subscribe to the inputs. Discovery is not
             # symmetric: the replayer can see a subscription before that reader has matched
             # the replayer's writer, and a volatile reader drops what arrives before. Two
@@ -384,10 +421,24 @@ def run_bag_through_node(
         model=str(status.get("model", bundle or "")),
         node_exit_code=node_exit,
         wall_time_s=time.monotonic() - started,
+        bag_inputs=inputs,
     )
     LOG.info("live run: %d pairs in, %d fused out, %.1f s", input_pairs, result.pairs_out,
              result.wall_time_s)
     return result
+
+
+def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ir-topic / --visible-topic: the bag's camera topics (fusion-eval bag, fusion-demo)."""
+    parser.add_argument(
+        "--ir-topic", default=IR_TOPIC,
+        help=f"the bag's IR topic: sensor_msgs/Image, or CompressedImage on it or its "
+        f"/compressed sibling (default {IR_TOPIC})",
+    )
+    parser.add_argument(
+        "--visible-topic", default=VISIBLE_TOPIC,
+        help=f"the bag's visible topic, Image or CompressedImage (default {VISIBLE_TOPIC})",
+    )
 
 
 def result_summary(result: LiveRunResult) -> dict[str, Any]:
@@ -408,6 +459,8 @@ def result_summary(result: LiveRunResult) -> dict[str, Any]:
         "node_exit_code": result.node_exit_code,
         "wall_time_s": result.wall_time_s,
         "node_log": str(result.node_log),
+        "bag_topics": {stream: {"topic": i.bag_topic, "type": i.msgtype}
+                       for stream, i in result.bag_inputs.items()},
     }
 
 
@@ -420,10 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=120.0)
+    add_topic_arguments(parser)
     args = parser.parse_args(argv)
     try:
         result = run_bag_through_node(args.bag, bundle=args.bundle, backend=args.backend,
-                                      rate=args.rate, out_dir=args.out, timeout_s=args.timeout)
+                                      rate=args.rate, out_dir=args.out, timeout_s=args.timeout,
+                                      ir_topic=args.ir_topic, visible_topic=args.visible_topic)
     except LiveRunError as exc:
         LOG.error("%s", exc)
         return 1

@@ -8,7 +8,8 @@ Per topic it keeps :class:`Record` (header stamp, receive wall time, decoded pay
   :mod:`ros2_bilevel_fusion.messages.detections`); ``detections`` (vision_msgs, only when
   importable): a list of ``{"class_id", "score", "cx", "cy", "w", "h"}``;
 * ``/diagnostics``: ``{status name: {"level", "message", key: value, ...}}``;
-* inputs (``/ir/image``, ``/visible/image``): stamps and receive times only (no pixel copy).
+* inputs (``/ir/image``, ``/visible/image``, or their ``/compressed`` topics when the bag holds
+  CompressedImage): stamps and receive times only (no pixel copy).
 
 Subscriptions are made once a publisher is discovered, with that publisher's reliability, so
 the recorder matches a node publishing reliable or best effort alike (a reliable subscriber
@@ -102,7 +103,8 @@ class OutputRecorder:
             else:
                 self._kinds[topic] = "diagnostics"
         for topic in input_topics:
-            self._kinds[topic] = "input"
+            # image_transport names: a .../compressed input carries CompressedImage.
+            self._kinds[topic] = "input_compressed" if topic.endswith("/compressed") else "input"
         self.records: dict[str, list[Record]] = {topic: [] for topic in self._kinds}
         self.decode_errors: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -114,7 +116,7 @@ class OutputRecorder:
     @staticmethod
     def _load_message_classes() -> dict[str, type | None]:
         from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import String
 
         try:
@@ -124,6 +126,7 @@ class OutputRecorder:
         return {
             "image": Image,
             "input": Image,
+            "input_compressed": CompressedImage,
             "detections_json": String,
             "detections_msg": Detection2DArray,
             "diagnostics": DiagnosticArray,
@@ -197,7 +200,7 @@ class OutputRecorder:
             times = [
                 records[-1].receive_ns
                 for topic, records in self.records.items()
-                if records and self._kinds[topic] not in ("input", "diagnostics")
+                if records and self._kinds[topic] in ("image", "detections_json", "detections_msg")
             ]
         return max(times, default=0)
 

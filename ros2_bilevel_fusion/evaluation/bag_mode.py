@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ros2_bilevel_fusion.bag import bagio
-from ros2_bilevel_fusion.bag.bagio import IR_TOPIC, VISIBLE_TOPIC
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation import baselines, metrics, report
 from ros2_bilevel_fusion.evaluation.folder import (
@@ -43,12 +42,12 @@ class BagFrame:
 
 
 def read_bag_frames(bag: Path, topic: str, grey: bool) -> list[BagFrame]:
-    """Every image of ``topic`` in bag order, converted as the node converts it (codec)."""
+    """Every image of ``topic`` (Image or CompressedImage) in bag order, converted as the node
+    converts it (codec)."""
     frames = []
     for message in bagio.read_bag(bag, [topic]):
         msg = message.decode()
-        array = codec.msg_to_array(msg)
-        encoding = str(msg.encoding)
+        array, encoding = codec.message_to_array(msg)
         # 16-bit/float IR: codec's default stretch per frame (the node's gain is stateful).
         image = codec.to_mono8(array, encoding) if grey else codec.to_bgr8(array, encoding)
         frames.append(
@@ -204,12 +203,14 @@ def evaluate_live_result(
 ) -> BagEvaluation:
     """Score a :class:`~ros2_bilevel_fusion.bag.live_run.LiveRunResult` against its bag's inputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    visible_frames = read_bag_frames(bag, VISIBLE_TOPIC, grey=False)
-    ir_frames = read_bag_frames(bag, IR_TOPIC, grey=True)
+    visible_topic = live.bag_inputs["visible"].bag_topic
+    ir_topic = live.bag_inputs["ir"].bag_topic
+    visible_frames = read_bag_frames(bag, visible_topic, grey=False)
+    ir_frames = read_bag_frames(bag, ir_topic, grey=True)
     if not visible_frames or not ir_frames:
-        raise EvaluationError(f"{bag} has no images on {VISIBLE_TOPIC} and {IR_TOPIC}")
+        raise EvaluationError(f"{bag} has no images on {visible_topic} and {ir_topic}")
     fused_records = [r for r in live.output("fused") if r.payload is not None]
-    recorded_inputs = [r.stamp_ns for r in live.records.get(VISIBLE_TOPIC, [])]
+    recorded_inputs = [r.stamp_ns for r in live.input_records("visible")]
     matches = match_published_to_bag(
         [r.stamp_ns for r in fused_records],
         recorded_inputs,
@@ -287,6 +288,8 @@ def evaluate_live_result(
     latency = report.percentiles(live.latency_ms)
     summary = {
         "bag": str(bag),
+        "bag_topics": {stream: {"topic": i.bag_topic, "type": i.msgtype}
+                       for stream, i in live.bag_inputs.items()},
         "model": live.model,
         "backend": live.backend,
         "input_pairs_published": live.input_pairs_published,

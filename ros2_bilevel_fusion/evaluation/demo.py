@@ -26,17 +26,24 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.bag.bagio import IR_TOPIC, VISIBLE_TOPIC, BagError, read_bag
+from ros2_bilevel_fusion.bag.bagio import (
+    IR_TOPIC,
+    VISIBLE_TOPIC,
+    BagError,
+    find_input_topics,
+    read_bag,
+)
 from ros2_bilevel_fusion.bag.live_run import (
     LiveRunError,
     LiveRunResult,
+    add_topic_arguments,
     result_summary,
     run_bag_through_node,
 )
 from ros2_bilevel_fusion.bag.replay import loop_period_ns
 from ros2_bilevel_fusion.core import resources
 from ros2_bilevel_fusion.core.bundle import BundleError, load_bundle
-from ros2_bilevel_fusion.messages.codec import ImageCodecError, msg_to_array
+from ros2_bilevel_fusion.messages.codec import ImageCodecError, message_to_array
 
 LOG = logging.getLogger("fusion-demo")
 
@@ -54,6 +61,8 @@ class DemoOptions:
     rate: float = 1.0
     timeout_s: float = 150.0
     max_pngs: int = 1000
+    ir_topic: str = IR_TOPIC  # the bag's camera topics (Image or CompressedImage)
+    visible_topic: str = VISIBLE_TOPIC
 
 
 def resolve_bag(path: Path) -> Path:
@@ -68,10 +77,12 @@ def resolve_bag(path: Path) -> Path:
                    f" ({len(inner)} found)")
 
 
-def loops_for_duration(bag: Path, duration_s: float) -> tuple[int, float]:
-    """(loops, pass length in s) so that the looped bag plays for about ``duration_s``."""
+def loops_for_duration(bag: Path, duration_s: float,
+                       topics: list[str] | None = None) -> tuple[int, float]:
+    """(loops, pass length in s) so that the looped bag (``topics`` of it, as the replayer
+    plays them) plays for about ``duration_s``."""
     record_times: dict[str, list[int]] = {}
-    for message in read_bag(bag):
+    for message in read_bag(bag, topics):
         record_times.setdefault(message.topic, []).append(message.timestamp_ns)
     pass_s = loop_period_ns(record_times) / 1e9
     return max(1, math.ceil(duration_s / pass_s - 1e-9)), pass_s
@@ -108,7 +119,7 @@ def bag_frames(bag: Path, topic: str) -> list[np.ndarray]:
     """Images of one topic of the bag, in order, as 3-channel BGR (for the overview)."""
     frames = []
     for message in read_bag(bag, [topic]):
-        image = msg_to_array(message.decode())
+        image, _encoding = message_to_array(message.decode())
         if image.dtype != np.uint8:
             image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
         frames.append(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image)
@@ -123,13 +134,13 @@ def write_overview(result: LiveRunResult, bag: Path, path: Path, columns: int = 
     image the recorder saw is bag frame n modulo the pass length; a fused image carries that
     visible image's stamp.
     """
-    visible_in = bag_frames(bag, VISIBLE_TOPIC)
-    ir_in = bag_frames(bag, IR_TOPIC)
+    visible_in = bag_frames(bag, result.bag_inputs["visible"].bag_topic)
+    ir_in = bag_frames(bag, result.bag_inputs["ir"].bag_topic)
     if not visible_in or not ir_in:
         return False
     index_of_stamp = {
         record.stamp_ns: n % len(visible_in)
-        for n, record in enumerate(result.records.get(VISIBLE_TOPIC, []))
+        for n, record in enumerate(result.input_records("visible"))
     }
     debug_by_stamp = {r.stamp_ns: r.payload for r in result.output("debug_image")}
     rows, seen = [], set()
@@ -215,7 +226,10 @@ def render_report(result: LiveRunResult, options: DemoOptions, summary: dict[str
 def run_demo(options: DemoOptions) -> tuple[str, dict[str, Any]]:
     """Run the demo; returns (report markdown, summary dict). Raises on failure."""
     bundle = load_bundle(options.bundle)  # fail early and clearly on a broken bundle
-    loops, pass_s = loops_for_duration(options.bag, options.duration_s)
+    # The bag's camera topics, checked before anything starts (a BagError names the bag's).
+    inputs = find_input_topics(options.bag, options.ir_topic, options.visible_topic)
+    loops, pass_s = loops_for_duration(options.bag, options.duration_s,
+                                       [inputs["ir"].bag_topic, inputs["visible"].bag_topic])
     out = options.out
     for folder_name in IMAGE_FOLDERS.values():
         shutil.rmtree(out / folder_name, ignore_errors=True)
@@ -225,6 +239,7 @@ def run_demo(options: DemoOptions) -> tuple[str, dict[str, Any]]:
     result = run_bag_through_node(
         options.bag, bundle=options.bundle, backend=options.backend, rate=options.rate,
         out_dir=out, timeout_s=options.timeout_s, loops=loops,
+        ir_topic=options.ir_topic, visible_topic=options.visible_topic,
     )
     written = write_images(result, out, options.max_pngs)
     (out / OVERVIEW).unlink(missing_ok=True)
@@ -256,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds of input to play (the sample is looped)")
     parser.add_argument("--rate", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=150.0)
+    add_topic_arguments(parser)
     return parser
 
 
@@ -271,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             duration_s=args.duration,
             rate=args.rate,
             timeout_s=args.timeout,
+            ir_topic=args.ir_topic,
+            visible_topic=args.visible_topic,
         )
         report, _ = run_demo(options)
     except (BundleError, BagError, ImageCodecError, LiveRunError, resources.ResourceError) as exc:

@@ -87,7 +87,8 @@ def run_bag(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle) if args.bundle else None
     try:
         live = run_bag_through_node(
-            bag, bundle=bundle, backend=args.backend, rate=args.rate, out_dir=out_dir / "run"
+            bag, bundle=bundle, backend=args.backend, rate=args.rate, out_dir=out_dir / "run",
+            ir_topic=args.ir_topic, visible_topic=args.visible_topic,
         )
     except LiveRunError as exc:
         raise EvaluationError(str(exc)) from exc
@@ -142,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bag.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
     bag.add_argument("--out", required=True, help="report folder")
+    # The bag's camera topics (checked before the node starts); defaults: the node's inputs.
+    bag.add_argument("--ir-topic", default="/ir/image",
+                     help="the bag's IR topic: sensor_msgs/Image, or CompressedImage on it or its "
+                     "/compressed sibling (default /ir/image)")
+    bag.add_argument("--visible-topic", default="/visible/image",
+                     help="the bag's visible topic, Image or CompressedImage "
+                     "(default /visible/image)")
     bag.set_defaults(run=run_bag)
     return parser
 
