@@ -7,8 +7,10 @@ Arguments (``ros2 launch ... --show-args`` lists them with descriptions):
 
 * ``ir_topic``, ``visible_topic``: the camera topics. Topics are set one way only, by remapping:
   the node subscribes to its relative ``ir/image`` and ``visible/image`` (so they follow
-  ``namespace``), and these arguments remap them, together with their ``/compressed`` siblings
-  (used when the node's ``ir_transport``/``visible_transport`` parameter is ``compressed``).
+  ``namespace``), and these arguments remap them. As for any image_transport subscriber, the
+  ``compressed`` transport (node parameters ``ir_transport``/``visible_transport``) and
+  camera_info follow the remapped name: ``ir_topic:=/thermal/image_raw`` also moves
+  ``/thermal/image_raw/compressed`` and ``/thermal/camera_info``.
 * ``backend``, ``bundle``, ``qos``: passed to the node's ``backend``, ``bundle_path`` and ``qos``
   parameters only when given (non-empty); left empty, the parameter file (``params_file``)
   decides. ``backend`` choices are ``backends.BACKEND_KINDS``; ``qos`` is auto|reliable|sensor_data.
@@ -34,14 +36,13 @@ from launch_ros.actions import Node
 from launch import LaunchDescription
 from ros2_bilevel_fusion.backends import BACKEND_KINDS
 from ros2_bilevel_fusion.core.resources import share_dir
-from ros2_bilevel_fusion.node.parameters import SPECS
+from ros2_bilevel_fusion.node.parameters import IR_IMAGE_TOPIC, SPECS, VISIBLE_IMAGE_TOPIC
 
 PACKAGE = "ros2_bilevel_fusion"
 NODE_NAME = "fusion_node"
-# The node's own (relative) inputs; the topic arguments remap them and their siblings.
-IR_INPUT = "ir/image"
-VISIBLE_INPUT = "visible/image"
-SIBLINGS = ("compressed",)
+# The node's own (relative) inputs; the topic arguments remap them.
+IR_INPUT = IR_IMAGE_TOPIC
+VISIBLE_INPUT = VISIBLE_IMAGE_TOPIC
 QOS_CHOICES = ("auto", "reliable", "sensor_data")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 DEFAULT_FIXED_FRAME = "camera_link"
@@ -90,14 +91,14 @@ def launch_arguments(share: Path) -> list[DeclareLaunchArgument]:
         DeclareLaunchArgument(
             "ir_topic",
             default_value=IR_INPUT,
-            description=f"IR image topic (the node's {IR_INPUT} and {IR_INPUT}/compressed "
-            "are remapped to it and its /compressed)",
+            description=f"IR image topic (the node's {IR_INPUT} is remapped to it; its "
+            "/compressed and camera_info follow)",
         ),
         DeclareLaunchArgument(
             "visible_topic",
             default_value=VISIBLE_INPUT,
-            description=f"Visible image topic (the node's {VISIBLE_INPUT} and "
-            f"{VISIBLE_INPUT}/compressed are remapped to it and its /compressed)",
+            description=f"Visible image topic (the node's {VISIBLE_INPUT} is remapped to it; "
+            "its /compressed and camera_info follow)",
         ),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
         DeclareLaunchArgument(
@@ -120,11 +121,7 @@ def launch_arguments(share: Path) -> list[DeclareLaunchArgument]:
 
 
 def remappings(ir_topic: str, visible_topic: str) -> list[tuple[str, str]]:
-    rules = []
-    for source, target in ((IR_INPUT, ir_topic), (VISIBLE_INPUT, visible_topic)):
-        rules.append((source, target))
-        rules.extend((f"{source}/{s}", f"{target.rstrip('/')}/{s}") for s in SIBLINGS)
-    return rules
+    return [(IR_INPUT, ir_topic), (VISIBLE_INPUT, visible_topic)]
 
 
 def parameter_overrides(values: dict[str, str]) -> dict[str, Any]:

@@ -171,11 +171,11 @@ def test_topics_are_set_by_remapping_only(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch, ir_topic="/thermal/image_raw", visible_topic="/color/image_raw"
     )
     (node,) = _nodes(actions, "fusion_node")
+    # One remap per camera: the node derives <topic>/compressed and camera_info from the
+    # resolved image topic, as image_transport does (node/inputs.py).
     assert node.kwargs["remappings"] == [
         ("ir/image", "/thermal/image_raw"),
-        ("ir/image/compressed", "/thermal/image_raw/compressed"),
         ("visible/image", "/color/image_raw"),
-        ("visible/image/compressed", "/color/image_raw/compressed"),
     ]
     _params_file, overrides = node.kwargs["parameters"]
     assert not {"ir_topic", "visible_topic"} & set(overrides)
@@ -239,11 +239,15 @@ def test_rviz_template_is_the_root_namespace_layout() -> None:
     }
 
 
-def test_node_subscribes_to_the_inputs_the_launch_remaps() -> None:
-    """The launch file's IR_INPUT/VISIBLE_INPUT are the node's relative input names."""
-    source = (REPO_ROOT / "ros2_bilevel_fusion" / "node").rglob("*.py")
-    text = "\n".join(path.read_text() for path in source)
-    assert '"ir/image"' in text and '"visible/image"' in text
+def test_node_subscribes_to_the_inputs_the_launch_remaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launch file remaps the node's own relative input names, and the node has no topic
+    parameters (topics are set one way only)."""
+    from ros2_bilevel_fusion.node import inputs
+
+    module, _arguments, _actions = _stub_launch(monkeypatch)
+    assert (module.IR_INPUT, module.VISIBLE_INPUT) == inputs.INPUT_TOPICS == (
+        "ir/image", "visible/image")
+    assert not {"ir_topic", "visible_topic"} & set(SPECS)
 
 
 # ------------------------------------------------------------------ the real launch packages
@@ -330,7 +334,6 @@ def test_launch_description_expands_each_argument(argument: str, value: str) -> 
             overrides.update(entry.get("ros__parameters", {}))
     if argument == "ir_topic":
         assert remaps["ir/image"] == value
-        assert remaps["ir/image/compressed"] == value + "/compressed"
     if argument == "visible_topic":
         assert remaps["visible/image"] == value
     if argument == "namespace":
