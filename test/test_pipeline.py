@@ -320,3 +320,54 @@ def test_real_pair_through_fixture_bundle(
     boxes = result.detections.boxes
     assert np.all(boxes[:, 2] <= hw[1]) and np.all(boxes[:, 3] <= hw[0])
     assert result.fused_bgr.shape == (*hw, 3)
+
+
+# ------------------------------------------------------------------ big frames
+def test_limit_pixels_keeps_aspect_and_bound() -> None:
+    from ros2_bilevel_fusion.core.processing import limit_pixels
+
+    assert limit_pixels((3072, 4096), 0) == (3072, 4096)
+    assert limit_pixels((480, 640), 2_100_000) == (480, 640)
+    h, w = limit_pixels((3072, 4096), 2_100_000)
+    assert h * w <= 2_100_000 and h * w > 2_090_000
+    assert abs(w / h - 4096 / 3072) < 0.002
+    assert limit_pixels((1, 10_000), 100) == (1, 100)
+
+
+def test_input_above_the_pixel_limit_runs_shrunk_and_maps_back() -> None:
+    """A synthetic 4x-too-large pair runs at half size; fused image, segmentation and boxes
+    come back in the full visible geometry."""
+    backend = FakeBackend(fake_bundle())
+    ir = np.zeros((192, 256), np.uint8)
+    ir[100:140, 60:120] = 255  # hot block (fake seg: 'person' where IR > Y)
+    visible = np.full((192, 256, 3), 30, np.uint8)
+    result = FusionPipeline(backend, max_input_pixels=96 * 128).process(ir, visible)
+    assert backend.calls == [((1, 1, 96, 128), (1, 3, 96, 128))]
+    assert result.fused_y.shape == (192, 256) and result.fused_bgr.shape == (192, 256, 3)
+    assert result.seg_labels.shape == (192, 256)
+    assert result.seg_labels[120, 90] == 1 and result.seg_labels[20, 20] == 0
+    assert result.fused_y[110:130, 70:110].min() > 200 and result.fused_y[:80].max() < 60
+    # The fake's hot cell decodes to (20, 12, 36, 28) at network size: x2 in the full image.
+    np.testing.assert_allclose(result.detections.boxes[0], [40, 24, 72, 56])
+    unlimited = FusionPipeline(FakeBackend(fake_bundle()), max_input_pixels=0).process(ir, visible)
+    assert unlimited.fused_y.shape == (192, 256)
+
+
+def test_registration_follows_the_shrunk_geometry() -> None:
+    """A shifting homography applied at half size puts the IR point where it lands at full
+    size (to within the half-size pixel)."""
+    visible = np.zeros((96, 128, 3), np.uint8)
+    ir = np.zeros((96, 128), np.uint8)
+    ir[40:44, 60:64] = 255
+    shift = Registration(parse_homography([1, 0, 10, 0, 1, 8, 0, 0, 1]))
+    full = FusionPipeline(FakeBackend(fake_bundle()), registration=shift).process(ir, visible)
+    half = FusionPipeline(
+        FakeBackend(fake_bundle()), registration=shift, max_input_pixels=48 * 64
+    ).process(ir, visible)
+
+    def centre(image: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(image > 100)
+        return np.array([ys.mean(), xs.mean()])
+
+    np.testing.assert_allclose(centre(full.fused_y), [49.5, 71.5])
+    np.testing.assert_allclose(centre(half.fused_y), centre(full.fused_y), atol=1.0)

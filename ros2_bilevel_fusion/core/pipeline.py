@@ -27,6 +27,7 @@ from ros2_bilevel_fusion.core.processing import (
     decode_detections,
     draw_detections,
     fused_to_u8,
+    limit_pixels,
     prepare_inputs,
     restore_colour,
     segmentation_labels,
@@ -35,6 +36,7 @@ from ros2_bilevel_fusion.core.registration import Registration
 
 if TYPE_CHECKING:  # the core only calls .infer(); backends sit one layer above it
     from ros2_bilevel_fusion.backends.base import InferenceBackend
+
 
 @dataclass
 class PostprocessConfig:
@@ -73,6 +75,12 @@ class FusionPipeline:
     ``config`` may be replaced at any time (e.g. by a parameter callback); it is read once per
     frame, so a frame never mixes two configurations. ``process`` raises ValueError for bad
     input and lets backend errors propagate; the caller counts and logs them.
+
+    ``max_input_pixels`` (0 = no limit) bounds the size the network runs at: a larger visible
+    image is shrunk (INTER_AREA, aspect kept) and the IR registered straight into that smaller
+    geometry; the fused image, segmentation and boxes are mapped back to the full visible
+    geometry, and the colour restore uses the full-resolution visible chroma. It bounds the
+    time and the memory (graph activations, the runtime's arena) a camera of any size costs.
     """
 
     def __init__(
@@ -80,12 +88,35 @@ class FusionPipeline:
         backend: InferenceBackend,
         registration: Registration | None = None,
         config: PostprocessConfig | None = None,
+        max_input_pixels: int = 0,
     ) -> None:
         self.backend = backend
         self.registration = registration if registration is not None else Registration.identity()
         self.config = (
             config if config is not None else PostprocessConfig.from_bundle(backend.bundle)
         )
+        self.max_input_pixels = int(max_input_pixels)
+        self._scaled_registration: tuple[tuple[object, tuple, tuple], Registration] | None = None
+
+    def _registration_for(
+        self, image_hw: tuple[int, int], work_hw: tuple[int, int]
+    ) -> Registration:
+        """The registration into ``work_hw`` (the visible image shrunk from ``image_hw``)."""
+        registration = self.registration
+        if work_hw == image_hw or registration.is_identity:
+            return registration  # identity: same field of view, warp resizes to work_hw
+        key = (registration, image_hw, work_hw)
+        cached = self._scaled_registration
+        if cached is not None and cached[0][0] is key[0] and cached[0][1:] == key[1:]:
+            return cached[1]
+        sx, sy = work_hw[1] / image_hw[1], work_hw[0] / image_hw[0]
+        # Pixel centres at integer coordinates: x_work = (x + 0.5) * sx - 0.5.
+        scale = np.array(
+            [[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]], np.float64
+        )
+        scaled = Registration(scale @ registration.homography)
+        self._scaled_registration = (key, scaled)
+        return scaled
 
     @property
     def bundle(self) -> ModelBundle:
@@ -114,9 +145,16 @@ class FusionPipeline:
                 f"{visible_bgr.dtype} {visible_bgr.shape}"
             )
         image_hw = (int(visible_bgr.shape[0]), int(visible_bgr.shape[1]))
-        registered_ir = self.registration.warp(ir_u8, image_hw)
+        work_hw = limit_pixels(image_hw, self.max_input_pixels)
+        visible_work = visible_bgr
+        if work_hw != image_hw:
+            visible_work = cv2.resize(
+                visible_bgr, (work_hw[1], work_hw[0]), interpolation=cv2.INTER_AREA
+            )
+        registered_ir = self._registration_for(image_hw, work_hw).warp(ir_u8, work_hw)
         # A graph exported for one fixed size runs at that size; results are mapped back below.
-        prepared = prepare_inputs(registered_ir, visible_bgr, bundle)
+        prepared = prepare_inputs(registered_ir, visible_work, bundle)
+        del registered_ir, visible_work
         network_hw = prepared.network_hw
         infer_start = time.perf_counter()
         outputs = self.backend.infer(prepared.ir, prepared.visible_ycrcb)

@@ -57,6 +57,27 @@ def pad_to_multiple(
     return np.pad(image, pad, mode=numpy_mode)
 
 
+def limit_pixels(image_hw: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """(H, W) shrunk with its aspect ratio kept so that H * W <= ``max_pixels``.
+
+    ``image_hw`` itself when it already fits or ``max_pixels`` <= 0 (no limit). Each side stays
+    >= 1.
+    """
+    height, width = int(image_hw[0]), int(image_hw[1])
+    if max_pixels <= 0 or height * width <= max_pixels:
+        return height, width
+    scale = (max_pixels / float(height * width)) ** 0.5
+    new_h, new_w = max(1, int(height * scale)), max(1, int(width * scale))
+    while new_h * new_w > max_pixels:  # rounding never lets the product exceed the limit
+        if new_w >= new_h and new_w > 1:
+            new_w -= 1
+        elif new_h > 1:
+            new_h -= 1
+        else:
+            break
+    return new_h, new_w
+
+
 @dataclass
 class PreparedInputs:
     ir: np.ndarray  # float32 [1, 1, Hp, Wp] in [0, 1]

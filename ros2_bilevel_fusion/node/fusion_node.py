@@ -256,6 +256,7 @@ class FusionNode(Node):
         if model is not None:
             if "homography" in names:
                 model.pipeline.registration = Registration(self.params.homography)
+            model.pipeline.max_input_pixels = self.params.max_input_pixels
             model.pipeline.config = self._postprocess_config(model.bundle)
 
     @staticmethod
@@ -297,7 +298,10 @@ class FusionNode(Node):
 
     def _build_pipeline(self, bundle: Any, backend: Any) -> FusionPipeline:
         return FusionPipeline(
-            backend, Registration(self.params.homography), self._postprocess_config(bundle)
+            backend,
+            Registration(self.params.homography),
+            self._postprocess_config(bundle),
+            max_input_pixels=self.params.max_input_pixels,
         )
 
     def _load_model(self) -> None:

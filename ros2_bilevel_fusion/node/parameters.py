@@ -111,6 +111,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         reload=True,
     ),
     ParameterSpec(
+        "max_input_pixels",
+        2_100_000,
+        "Largest image (pixels) the network runs at: a bigger visible image is shrunk (aspect "
+        "kept) before inference and results are mapped back to its size; 0 = no limit. "
+        "Bounds time and memory for large cameras (default: 1920x1080 runs unscaled)",
+        0,
+        1_000_000_000,
+    ),
+    ParameterSpec(
         "score_threshold",
         FROM_BUNDLE,
         "Detection score threshold; < 0 = the bundle's detection.score_threshold (model.yaml)",
@@ -189,6 +198,7 @@ class FusionParameters:
     bundle_path: str
     fp16: bool
     threads: int
+    max_input_pixels: int
     score_threshold: float
     nms_iou: float
     max_detections: int
