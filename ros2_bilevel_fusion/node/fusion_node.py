@@ -23,6 +23,7 @@ Run: ``python -m ros2_bilevel_fusion.node.fusion_node --ros-args -p bundle_path:
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -668,22 +669,58 @@ class FusionNode(Node):
 
     # ---------------------------------------------------------------- shutdown
     def destroy_node(self) -> None:
+        """Stop and join the inference thread, then destroy the node; safe to call twice."""
+        if getattr(self, "_destroyed", False):
+            return
+        self._destroyed = True
         self._stop.set()
         self._slot.close()
-        if self._worker.is_alive():
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
             self._worker.join(timeout=5.0)
+            if self._worker.is_alive():
+                self.get_logger().warning(
+                    "the inference thread is still in a frame after 5 s; destroying the node anyway"
+                )
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = FusionNode()
+    """Spin until SIGINT/SIGTERM (or an external shutdown), then shut down; exit status 0.
+
+    The signals only set a flag that the spin loop checks between waits (at most 0.1 s), so
+    no KeyboardInterrupt can surface in the middle of the clean-up, and a second signal while
+    shutting down (``ros2 launch`` forwards SIGINT and the terminal sends its own) is absorbed.
+    rclpy's own signal handlers are off for the same reason.
+    """
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = threading.Event()
+    received: list[str] = []
+
+    def request_stop(number: int, _frame: Any) -> None:
+        received.append(signal.Signals(number).name)
+        stop.set()
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, request_stop)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node: FusionNode | None = None
+    executor: SingleThreadedExecutor | None = None
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        node = FusionNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        if received:
+            node.get_logger().info(f"{received[0]} received: shutting down")
+    except ExternalShutdownException:
         pass
     finally:
-        node.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
 
 
