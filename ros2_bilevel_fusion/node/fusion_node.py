@@ -6,6 +6,9 @@ newest-pair slot), parameter callbacks and the diagnostics timer; one inference 
 the newest pair, decodes, runs the pipeline and publishes. The only lock shared by the two is
 the slot's, held just to swap a reference, so inference never blocks subscriptions. When
 inference is slower than the cameras the newest pair wins and the superseded one is counted.
+A model loader thread builds, checks and warms up a new model after a ``bundle_path`` or
+``backend`` change while the serving one keeps fusing (node/model_slot.py); a failed load
+keeps the serving model and is reported on /diagnostics.
 
 Detections: vision_msgs/Detection2DArray on ``~/detections`` when vision_msgs imports (it is not
 on PyPI, so pip-only installs lack it; the node then logs once that the topic is off). The same
@@ -174,7 +177,7 @@ class FusionNode(Node):
         self._models = ModelSlot()
         self._model_error = "loading"  # why there is no model (only while none serves)
         self._reload = threading.Event()
-        self._reload.set()  # the first load happens in the inference thread
+        self._reload.set()  # the first load happens in the loader thread
         self._stop = threading.Event()
         self._slot: LatestPairSlot[tuple[Image, Image]] = LatestPairSlot()
 
@@ -189,6 +192,10 @@ class FusionNode(Node):
         self._worker = threading.Thread(target=self._inference_loop, name="fusion_inference")
         self._worker.daemon = True
         self._worker.start()
+        # Loads run beside inference: the serving model keeps fusing while a candidate loads.
+        self._loader = threading.Thread(target=self._loader_loop, name="fusion_model_loader")
+        self._loader.daemon = True
+        self._loader.start()
 
     # ---------------------------------------------------------------- parameters
     def _declare_parameters(self) -> FusionParameters:
@@ -453,11 +460,20 @@ class FusionNode(Node):
         self._slot.put(pair)
 
     # ---------------------------------------------------------------- inference thread
+    def _loader_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._reload.wait(0.1):
+                continue
+            self._reload.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._load_model()
+            except Exception as exc:  # _load_model catches load errors; this is a bug guard
+                self._count_error("model_load_error", f"model loader failed: {exc!r}")
+
     def _inference_loop(self) -> None:
         while not self._stop.is_set():
-            if self._reload.is_set():
-                self._reload.clear()
-                self._load_model()
             pair = self._slot.take(0.1)
             if pair is None:
                 continue
@@ -669,18 +685,19 @@ class FusionNode(Node):
 
     # ---------------------------------------------------------------- shutdown
     def destroy_node(self) -> None:
-        """Stop and join the inference thread, then destroy the node; safe to call twice."""
+        """Stop and join the inference and loader threads, then destroy; safe to call twice."""
         if getattr(self, "_destroyed", False):
             return
         self._destroyed = True
         self._stop.set()
         self._slot.close()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout=5.0)
-            if self._worker.is_alive():
-                self.get_logger().warning(
-                    "the inference thread is still in a frame after 5 s; destroying the node anyway"
-                )
+        for thread, what in ((self._worker, "a frame"), (self._loader, "a model load")):
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=5.0)
+                if thread.is_alive():
+                    self.get_logger().warning(
+                        f"{thread.name} is still in {what} after 5 s; destroying the node anyway"
+                    )
         super().destroy_node()
 
 
