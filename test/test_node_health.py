@@ -193,6 +193,63 @@ def test_nonfinite_and_huge_thermal_pixels(health_node) -> None:
     assert "8 NaN/inf pixels" in log
 
 
+def test_high_drop_ratio_warns_with_the_reason(health_node) -> None:
+    """Every IR frame has an unknown encoding: pairs form, none is fused -> WARN naming the
+    share of dropped frames and the reason."""
+    harness, _, log_path = health_node
+    _quiet(harness)
+    base = _now_ns()
+    deadline = time.monotonic() + 20.0
+    index = 0
+    while time.monotonic() < deadline:
+        ir_msg, visible_msg = make_pair(index, base)
+        ir_msg.encoding = "synthetic_unknown8"
+        harness.publish_pair(ir_msg, visible_msg)
+        index += 1
+        time.sleep(0.1)
+        if "ended in no output" in _status(harness).get("message", ""):
+            break
+    status = _status(harness)
+    assert status["level"] == "1" and "100% of the" in status["message"], status
+    assert "decode_error_ir" in status["message"] and float(status["drop_ratio"]) == 1.0
+    harness.wait_for(
+        lambda: "ended in no output" in log_path.read_text(), 10.0, "the warning in the log"
+    )
+
+
+def test_never_seen_stream_is_reported_with_a_finite_time(
+    fixture_bundle: Path, tmp_path_factory
+) -> None:
+    """Only the visible camera ever publishes: 'no ir images for N s (never received)', not
+    'for inf s'."""
+    harness, process, log_path = _start(
+        "/it_never",
+        tmp_path_factory,
+        f"bundle_path:={fixture_bundle}",
+        "backend:=onnxruntime",
+        "threads:=1",
+        "qos:=reliable",
+        "diagnostics_period:=0.25",
+        "stream_timeout:=0.6",
+    )
+    try:
+        harness.wait_for_node_ready()
+        base = _now_ns()
+        for index in range(15):
+            harness.pub_visible.publish(make_pair(index, base)[1])
+            time.sleep(0.1)
+        harness.wait_for(lambda: "silent_ir_s" in _status(harness), 10.0, "silent IR")
+        status = _status(harness)
+        assert 0.6 < float(status["silent_ir_s"]) < 60.0
+        assert "never received" in status["message"] and "inf" not in status["message"]
+        harness.wait_for(lambda: "(never received)" in log_path.read_text(), 10.0, "the log line")
+        assert " inf s" not in log_path.read_text()
+    finally:
+        harness.close()
+        stop_node(process)
+        print(log_path.read_text()[-3000:])
+
+
 # ------------------------------------------------------------------ model hot swap
 def _bad_bundles(fixture_bundle: Path, root: Path) -> dict[str, Path]:
     """Synthetic broken copies of the fixture bundle, one per failure a user can cause."""
