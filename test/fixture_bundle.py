@@ -10,10 +10,14 @@ part (backends, pipeline, node) can be tested before a trained default bundle ex
   ``ltrb`` distances (ReLU, so >= 0) and centerness logits. Class 0 fires on bright fused areas,
   class 1 on bright IR, class 2 never. Deterministic weights, chosen by hand.
 * segmentation logits for 4 classes: a fixed 1x1 convolution on ``[fused_y, ir, Y]``.
+
+:func:`make_yolox_bundle` writes a second, SYNTHETIC bundle with a ``yolox`` detection head
+(``detection.head: yolox``), built so that every decoded number is known in advance: see there.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from ros2_bilevel_fusion.core.bundle import (
     InputSpec,
     ModelBundle,
     SegmentationSpec,
+    YoloxLevel,
     save_bundle,
 )
 
@@ -167,6 +172,113 @@ def make_fixture_bundle(
         provenance={
             "architecture": FIXTURE_NAME,
             "note": "untrained test fixture: fused_y = max(ir, Y), hand-set 1x1 heads",
+        },
+    )
+    save_bundle(bundle, folder)
+    return folder
+
+
+# --- synthetic yolox-head bundle ---------------------------------------------------------------
+YOLOX_NAME = "fixture_yolox"
+YOLOX_CLASSES = ("person", "car")
+YOLOX_PAD = 16
+# Stride 8 looks only at the IR, stride 16 only at the visible Y, each through its own average
+# pool of kernel = stride. Objectness logit = 20 * pool - 10: +10 on a cell whose pixels are all
+# white (255), -10 on a black one. reg and cls are constants (1x1 convolutions with zero weights):
+# (dx, dy, log w, log h) and the class logits below, the same on every cell.
+YOLOX_OBJ_WEIGHT, YOLOX_OBJ_BIAS = 20.0, -10.0
+YOLOX_REG = {
+    8: (0.25, 0.5, math.log(2.0), math.log(1.5)),
+    16: (0.5, 0.5, math.log(3.0), math.log(1.25)),
+}
+YOLOX_CLS = {8: (-4.0, 2.0), 16: (3.0, -3.0)}
+YOLOX_SOURCE = {8: "ir", 16: "vis_y"}
+
+
+def make_yolox_model() -> onnx.ModelProto:
+    """fused_y = max(ir, Y) plus raw yolox heads det_{reg,obj,cls}_s{8,16} (see the constants)."""
+    nodes = [
+        helper.make_node("Slice", ["visible_ycrcb", "y_start", "y_end", "channel_axis"], ["vis_y"]),
+        helper.make_node("Max", ["ir", "vis_y"], ["fused_y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], np.int64), "y_start"),
+        numpy_helper.from_array(np.array([1], np.int64), "y_end"),
+        numpy_helper.from_array(np.array([1], np.int64), "channel_axis"),
+    ]
+    outputs = [helper.make_tensor_value_info("fused_y", TensorProto.FLOAT, ["N", 1, "H", "W"])]
+    for stride, source in YOLOX_SOURCE.items():
+        pooled = f"pooled_s{stride}"
+        nodes.append(
+            helper.make_node(
+                "AveragePool",
+                [source],
+                [pooled],
+                kernel_shape=[stride, stride],
+                strides=[stride, stride],
+            )
+        )
+        heads = {
+            f"det_reg_s{stride}": (np.zeros((4, 1), np.float32), YOLOX_REG[stride]),
+            f"det_obj_s{stride}": (
+                np.full((1, 1), YOLOX_OBJ_WEIGHT, np.float32),
+                (YOLOX_OBJ_BIAS,),
+            ),
+            f"det_cls_s{stride}": (
+                np.zeros((len(YOLOX_CLASSES), 1), np.float32),
+                YOLOX_CLS[stride],
+            ),
+        }
+        for name, (weight, bias) in heads.items():
+            node, params = _conv1x1(name, pooled, weight, np.asarray(bias, np.float32))
+            nodes.append(node)
+            inits += params
+            shape = ["N", weight.shape[0], f"H/{stride}", f"W/{stride}"]
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    graph = helper.make_graph(
+        nodes,
+        "fixture_yolox_head",
+        [
+            helper.make_tensor_value_info("ir", TensorProto.FLOAT, ["N", 1, "H", "W"]),
+            helper.make_tensor_value_info("visible_ycrcb", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+        ],
+        outputs,
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", FIXTURE_OPSET)],
+        producer_name="ros2_bilevel_fusion test fixture (synthetic yolox head)",
+    )
+    model.ir_version = FIXTURE_IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_yolox_bundle(folder: str | Path) -> Path:
+    """Write the synthetic yolox-head bundle (model.onnx + model.yaml) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = folder / "model.onnx"
+    onnx.save(make_yolox_model(), str(onnx_path))
+    detection = DetectionSpec(
+        head="yolox",
+        classes=YOLOX_CLASSES,
+        levels=tuple(
+            YoloxLevel(stride=s, reg=f"det_reg_s{s}", obj=f"det_obj_s{s}", cls=f"det_cls_s{s}")
+            for s in YOLOX_SOURCE
+        ),
+        score_threshold=0.3,
+        nms_iou=0.5,
+        max_detections=100,
+    )
+    bundle = ModelBundle(
+        name=YOLOX_NAME,
+        onnx_path=onnx_path,
+        inputs=InputSpec(pad_multiple=YOLOX_PAD),
+        detection=detection,
+        provenance={
+            "note": "synthetic yolox-head fixture: constant reg/cls, objectness 20*pool-10"
         },
     )
     save_bundle(bundle, folder)

@@ -17,6 +17,25 @@ Graph convention (format_version 1), one ONNX graph holding every network:
   head tensors per stride (see :class:`DetectionSpec`); if it has a segmenter, logits
   ``[N, C, H, W]``. The semantic networks inside the graph see the colour image made of the
   fused Y and the visible CrCb, as the runtime's colour restore does.
+
+Detection heads (model.yaml ``detection.head``; absent means ``fcos``, so bundles written before
+the key existed decode as they always did). Every tensor is raw (logits, not probabilities), per
+stride s, of grid size ``[H/s, W/s]``; the cell (i, j) is row i, column j:
+
+* ``fcos``: levels ``{stride, cls, box, ctr}``. ``cls`` ``[N, C, h, w]`` class logits, ``box``
+  ``[N, 4, h, w]`` (l, t, r, b) distances in units of the stride (negative clamps to 0), ``ctr``
+  ``[N, 1, h, w]`` centerness logits. Anchor point ((j + 0.5) s, (i + 0.5) s); box
+  (x - l s, y - t s, x + r s, y + b s); score_c = sqrt(sigmoid(cls_c) * sigmoid(ctr)).
+  ``box_encoding: ltrb_stride``.
+* ``yolox``: levels ``{stride, reg, obj, cls}``. ``reg`` ``[N, 4, h, w]`` (dx, dy, log w, log h),
+  ``obj`` ``[N, 1, h, w]`` objectness logits, ``cls`` ``[N, C, h, w]`` class logits. Box centre
+  ((dx + j) s, (dy + i) s), size (exp(log w) s, exp(log h) s); score_c = sigmoid(obj) *
+  sigmoid(cls_c). ``box_encoding: xy_offset_log_wh_stride``.
+
+Both heads then share the rest (``processing.decode_detections``): boxes in padded-input pixels
+clipped to the image, candidates with score > ``score_threshold`` (strict), class-aware NMS at
+``nms_iou`` (OpenCV ``NMSBoxesBatched``), the ``max_detections`` best. A level whose keys are not
+its head's exact keys, or an unknown head, is refused at load with a :class:`BundleError`.
 """
 
 from __future__ import annotations
@@ -62,38 +81,107 @@ class InputSpec:
     pad_multiple: int = 32
 
 
+def _check_stride(stride: Any) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+
+
+# One dataclass per head rather than one level with optional fields: the two heads share no
+# tensor but the stride, so each level is complete by construction (no per-head None checks at
+# decode time), its fields are exactly the keys model.yaml must hold for that head (the loader's
+# unknown/missing-key check is the dataclass's own), and FcosLevel keeps DetectionLevel's
+# positional order, so code and bundles written before the yolox head work unchanged.
 @dataclass(frozen=True)
-class DetectionLevel:
+class FcosLevel:
+    """One stride of the ``fcos`` head (see the module docstring for the decoding)."""
+
     stride: int
     cls: str  # [N, num_classes, H/s, W/s] logits
     box: str  # [N, 4, H/s, W/s] (l, t, r, b) distances in units of the stride, >= 0
     ctr: str  # [N, 1, H/s, W/s] centerness logits
 
+    def __post_init__(self) -> None:
+        _check_stride(self.stride)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (self.cls, self.box, self.ctr)
+
+
+# Former name of FcosLevel (the only level there was); kept for existing callers.
+DetectionLevel = FcosLevel
+
+
+@dataclass(frozen=True)
+class YoloxLevel:
+    """One stride of the ``yolox`` head (see the module docstring for the decoding)."""
+
+    stride: int
+    reg: str  # [N, 4, H/s, W/s] (dx, dy, log w, log h); centre ((dx + j) s, (dy + i) s)
+    obj: str  # [N, 1, H/s, W/s] objectness logits
+    cls: str  # [N, num_classes, H/s, W/s] class logits
+
+    def __post_init__(self) -> None:
+        _check_stride(self.stride)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (self.reg, self.obj, self.cls)
+
+
+# model.yaml ``detection.head`` -> (level dataclass, the one box encoding of that head).
+DETECTION_HEADS: dict[str, tuple[type, str]] = {
+    "fcos": (FcosLevel, "ltrb_stride"),
+    "yolox": (YoloxLevel, "xy_offset_log_wh_stride"),
+}
+DEFAULT_DETECTION_HEAD = "fcos"
+
 
 @dataclass(frozen=True)
 class DetectionSpec:
-    """Raw anchor-free (FCOS-style) head outputs, decoded by the runtime.
+    """Raw anchor-free head outputs, decoded by the runtime (``processing.decode_detections``).
 
-    For the cell (i, j) of a level with stride s, the anchor point is ((j + 0.5) s, (i + 0.5) s)
-    and the box is (x - l s, y - t s, x + r s, y + b s) in padded-input pixels.
-    The score of class c is sqrt(sigmoid(cls_c) * sigmoid(ctr)).
+    ``head`` picks the head format and its level type (FcosLevel or YoloxLevel); the box
+    coordinates and score of each are in the module docstring. ``box_encoding`` is implied by
+    the head (left empty, it is filled in); a different value is refused.
     """
 
     classes: tuple[str, ...]
-    levels: tuple[DetectionLevel, ...]
-    box_encoding: str = "ltrb_stride"
+    levels: tuple[FcosLevel | YoloxLevel, ...]
+    box_encoding: str = ""
     # Defaults of the node's score_threshold / nms_iou / max_detections parameters.
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     nms_iou: float = DEFAULT_NMS_IOU
     max_detections: int = DEFAULT_MAX_DETECTIONS
+    head: str = DEFAULT_DETECTION_HEAD
 
     def __post_init__(self) -> None:
+        if self.head not in DETECTION_HEADS:
+            raise ValueError(f"head must be one of {sorted(DETECTION_HEADS)}, got {self.head!r}")
+        level_type, encoding = DETECTION_HEADS[self.head]
+        if not self.box_encoding:
+            object.__setattr__(self, "box_encoding", encoding)
+        elif self.box_encoding != encoding:
+            raise ValueError(
+                f"box_encoding of the {self.head} head is {encoding!r}, got {self.box_encoding!r}"
+            )
+        for level in self.levels:
+            if not isinstance(level, level_type):
+                raise ValueError(
+                    f"the {self.head} head takes {level_type.__name__} levels, "
+                    f"got {type(level).__name__}"
+                )
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 <= self.nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
         if int(self.max_detections) < 1:
             raise ValueError(f"max_detections must be >= 1, got {self.max_detections}")
+
+    @property
+    def output_names(self) -> list[str]:
+        """Every raw head tensor, level by level."""
+        return [name for level in self.levels for name in level.output_names]
 
 
 @dataclass(frozen=True)
@@ -152,8 +240,7 @@ class ModelBundle:
     def output_names(self) -> list[str]:
         names = [self.fused_name]
         if self.detection is not None:
-            for level in self.detection.levels:
-                names += [level.cls, level.box, level.ctr]
+            names += self.detection.output_names
         if self.segmentation is not None:
             names.append(self.segmentation.logits)
         return names
@@ -174,6 +261,51 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         return cls(**{k: _as_tuple(v) for k, v in data.items()})
     except (TypeError, ValueError) as exc:
         raise BundleError(f"{where}: {exc}") from exc
+
+
+def _load_detection(section: Any, yaml_path: Path) -> DetectionSpec:
+    """model.yaml ``detection`` -> DetectionSpec; every fault a BundleError naming file and key."""
+    if not isinstance(section, dict):
+        raise BundleError(f"{yaml_path}: detection must be a mapping, got {type(section).__name__}")
+    det = dict(section)
+    head = det.get("head", DEFAULT_DETECTION_HEAD)
+    if not isinstance(head, str) or head not in DETECTION_HEADS:
+        raise BundleError(
+            f"{yaml_path}: detection.head {head!r} is not supported; "
+            f"expected one of {', '.join(DETECTION_HEADS)} (absent means {DEFAULT_DETECTION_HEAD})"
+        )
+    level_type = DETECTION_HEADS[head][0]
+    keys = [f.name for f in dataclasses.fields(level_type)]
+    raw_levels = det.get("levels") or []
+    if not isinstance(raw_levels, list):
+        raise BundleError(f"{yaml_path}: detection.levels must be a list of mappings")
+    levels = []
+    for index, raw in enumerate(raw_levels):
+        where = f"{yaml_path}: detection.levels[{index}]"
+        if not isinstance(raw, dict):
+            raise BundleError(f"{where}: expected a mapping with keys {keys}, got {raw!r}")
+        unknown = sorted(set(raw) - set(keys))
+        missing = [k for k in keys if k not in raw]
+        if unknown or missing:
+            others = [
+                name
+                for name, (other_type, _) in DETECTION_HEADS.items()
+                if set(raw) == {f.name for f in dataclasses.fields(other_type)}
+            ]
+            hint = (
+                f"; these are {others[0]} level keys (detection.head: {others[0]})"
+                if others
+                else ""
+            )
+            raise BundleError(
+                f"{where}: a {head} level has keys {keys} (detection.head: {head}); "
+                f"unknown keys {unknown}, missing keys {missing}{hint}"
+            )
+        levels.append(_build(level_type, raw, where))
+    if not levels:
+        raise BundleError(f"{yaml_path}: detection has no levels")
+    det["levels"] = tuple(levels)
+    return _build(DetectionSpec, det, f"{yaml_path}: detection")
 
 
 def load_bundle(path: str | Path) -> ModelBundle:
@@ -210,14 +342,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
             raise BundleError(f"{yaml_path}: TorchScript file {torchscript_path} is missing")
     detection = None
     if data.get("detection"):
-        det = dict(data["detection"])
-        det["levels"] = tuple(
-            _build(DetectionLevel, lvl, f"{yaml_path}: detection.levels")
-            for lvl in det.get("levels", [])
-        )
-        if not det["levels"]:
-            raise BundleError(f"{yaml_path}: detection has no levels")
-        detection = _build(DetectionSpec, det, f"{yaml_path}: detection")
+        detection = _load_detection(data["detection"], yaml_path)
     segmentation = None
     if data.get("segmentation"):
         segmentation = _build(SegmentationSpec, data["segmentation"], f"{yaml_path}: segmentation")
@@ -251,6 +376,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _detection_dict(detection: DetectionSpec) -> dict[str, Any]:
+    plain = _plain(detection)
+    return {"head": plain.pop("head"), **plain}  # the head first: it says how to read the rest
+
+
 def bundle_to_dict(bundle: ModelBundle) -> dict[str, Any]:
     return {
         "format_version": bundle.format_version,
@@ -259,7 +389,7 @@ def bundle_to_dict(bundle: ModelBundle) -> dict[str, Any]:
         **({"torchscript": bundle.torchscript_path.name} if bundle.torchscript_path else {}),
         "inputs": _plain(bundle.inputs),
         "fused_name": bundle.fused_name,
-        "detection": _plain(bundle.detection) if bundle.detection else None,
+        "detection": _detection_dict(bundle.detection) if bundle.detection else None,
         "segmentation": _plain(bundle.segmentation) if bundle.segmentation else None,
         "preprocessing": _plain(bundle.preprocessing),
         "provenance": _plain(bundle.provenance),

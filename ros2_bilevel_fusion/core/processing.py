@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ros2_bilevel_fusion.core.bundle import DEFAULT_PAD_MODE, PAD_MODES, DetectionSpec, ModelBundle
+from ros2_bilevel_fusion.core.bundle import (
+    DEFAULT_PAD_MODE,
+    DETECTION_HEADS,
+    PAD_MODES,
+    DetectionSpec,
+    FcosLevel,
+    ModelBundle,
+    YoloxLevel,
+)
 
 # Candidates kept per level before NMS: bounds NMS cost when a head fires everywhere.
 PRE_NMS_TOP_K = 1000
@@ -249,6 +257,99 @@ def nms(
     return np.asarray(keep, np.int64).reshape(-1)[:max_keep]
 
 
+# One level's candidates before NMS: xyxy boxes [K, 4], scores [K], class ids [K] (or None).
+_Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _top_candidates(
+    class_ids: np.ndarray, cell_ids: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At most PRE_NMS_TOP_K of a level's (class, cell, score) candidates, the best ones."""
+    if scores.size <= PRE_NMS_TOP_K:
+        return class_ids, cell_ids, scores
+    top = np.argpartition(-scores, PRE_NMS_TOP_K - 1)[:PRE_NMS_TOP_K]
+    return class_ids[top], cell_ids[top], scores[top]
+
+
+def _grid_of(level: FcosLevel | YoloxLevel, arrays: dict[str, np.ndarray]) -> tuple[int, int]:
+    grids = {tuple(a.shape[1:]) for a in arrays.values()}
+    if len(grids) != 1:
+        shapes = ", ".join(f"{key} {a.shape}" for key, a in arrays.items())
+        raise ValueError(f"stride {level.stride}: {shapes} disagree on the grid size")
+    return grids.pop()
+
+
+def _fcos_candidates(
+    outputs: Mapping[str, np.ndarray], level: FcosLevel, num_classes: int, threshold: float
+) -> _Candidates | None:
+    cls_logits = _level_array(outputs, level.cls, num_classes)
+    box = _level_array(outputs, level.box, 4)
+    ctr = _level_array(outputs, level.ctr, 1)
+    grid_hw = _grid_of(level, {"cls": cls_logits, "box": box, "ctr": ctr})
+    cells = grid_hw[0] * grid_hw[1]
+    scores = np.sqrt(
+        _sigmoid(cls_logits.reshape(num_classes, cells)) * _sigmoid(ctr.reshape(1, cells))
+    )
+    class_ids, cell_ids = np.nonzero(scores > threshold)
+    if cell_ids.size == 0:
+        return None
+    class_ids, cell_ids, candidate_scores = _top_candidates(
+        class_ids, cell_ids, scores[class_ids, cell_ids]
+    )
+    stride = np.float32(level.stride)
+    rows, cols = np.divmod(cell_ids, grid_hw[1])
+    anchor_x = (cols.astype(np.float32) + 0.5) * stride
+    anchor_y = (rows.astype(np.float32) + 0.5) * stride
+    ltrb = np.maximum(box.reshape(4, cells)[:, cell_ids], 0.0) * stride
+    boxes = np.stack(
+        [anchor_x - ltrb[0], anchor_y - ltrb[1], anchor_x + ltrb[2], anchor_y + ltrb[3]],
+        axis=1,
+    )
+    return boxes, candidate_scores, class_ids
+
+
+def _yolox_candidates(
+    outputs: Mapping[str, np.ndarray], level: YoloxLevel, num_classes: int, threshold: float
+) -> _Candidates | None:
+    reg = _level_array(outputs, level.reg, 4)
+    obj = _level_array(outputs, level.obj, 1)
+    cls_logits = _level_array(outputs, level.cls, num_classes)
+    grid_hw = _grid_of(level, {"reg": reg, "obj": obj, "cls": cls_logits})
+    cells = grid_hw[0] * grid_hw[1]
+    # score_c = sigmoid(obj) * sigmoid(cls_c) <= sigmoid(obj), also once rounded to float32: a
+    # cell whose objectness does not clear the threshold holds no candidate. The class
+    # sigmoids and the box exp run on the few cells that do.
+    objectness = _sigmoid(obj.reshape(cells))
+    cell_ids = np.flatnonzero(objectness > threshold)
+    if cell_ids.size == 0:
+        return None
+    scores = _sigmoid(cls_logits.reshape(num_classes, cells)[:, cell_ids])
+    scores *= objectness[cell_ids]
+    class_ids, picked = np.nonzero(scores > threshold)
+    if picked.size == 0:
+        return None
+    class_ids, picked, candidate_scores = _top_candidates(
+        class_ids, picked, scores[class_ids, picked]
+    )
+    cell_ids = cell_ids[picked]
+    stride = np.float32(level.stride)
+    rows, cols = np.divmod(cell_ids, grid_hw[1])
+    dx, dy, log_w, log_h = reg.reshape(4, cells)[:, cell_ids]
+    centre_x = (dx + cols.astype(np.float32)) * stride
+    centre_y = (dy + rows.astype(np.float32)) * stride
+    with np.errstate(over="ignore"):  # a huge log size gives inf: the box clips to the image
+        half_w = np.exp(log_w) * (stride * np.float32(0.5))
+        half_h = np.exp(log_h) * (stride * np.float32(0.5))
+    boxes = np.stack(
+        [centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1
+    )
+    return boxes, candidate_scores, class_ids
+
+
+# model.yaml detection.head -> its per-level candidate decoder (one per bundle.DETECTION_HEADS).
+HEAD_DECODERS = {"fcos": _fcos_candidates, "yolox": _yolox_candidates}
+
+
 def decode_detections(
     outputs: Mapping[str, np.ndarray],
     spec: DetectionSpec,
@@ -257,57 +358,33 @@ def decode_detections(
     nms_iou: float,
     max_detections: int,
 ) -> Detections:
-    """Decode FCOS-style raw heads (see :class:`bundle.DetectionSpec`) into final detections.
+    """Decode the raw heads of ``spec.head`` (see :mod:`bundle`) into final detections.
 
-    Per level: score = sqrt(sigmoid(cls) * sigmoid(ctr)) for every class; candidates with
-    score > ``score_threshold`` (strict, as training's ``decode_detections_torch`` and
-    torchvision's FCOS), at most PRE_NMS_TOP_K per level; boxes from the anchor point
-    and the ``ltrb`` distances times the stride (negative distances clamp to 0), clipped to
-    ``image_hw``; boxes empty after clipping (wholly in the padding) are dropped; then
-    class-aware NMS and the ``max_detections`` best.
+    Per level, the head's rule: ``fcos`` score = sqrt(sigmoid(cls) * sigmoid(ctr)), box from
+    the anchor point ((j + 0.5) s, (i + 0.5) s) and the ``ltrb`` distances times the stride
+    (negative distances clamp to 0); ``yolox`` score = sigmoid(obj) * sigmoid(cls), box of
+    centre ((dx + j) s, (dy + i) s) and size (exp(log w) s, exp(log h) s). Then, for both:
+    candidates with score > ``score_threshold`` (strict, as training's
+    ``decode_detections_torch`` and torchvision's FCOS), at most PRE_NMS_TOP_K per level;
+    boxes clipped to ``image_hw``; boxes empty after clipping (wholly in the padding) or not
+    finite dropped; then class-aware NMS and the ``max_detections`` best. Raises ValueError for
+    a missing or misshapen output. Vectorised over cells; no Python loop but over levels.
     """
-    if spec.box_encoding != "ltrb_stride":
-        raise ValueError(f"unsupported box encoding {spec.box_encoding!r}")
+    level_candidates = HEAD_DECODERS.get(spec.head)
+    if level_candidates is None:
+        raise ValueError(f"unsupported detection head {spec.head!r}")
+    if spec.box_encoding != DETECTION_HEADS[spec.head][1]:
+        raise ValueError(f"unsupported box encoding {spec.box_encoding!r} for {spec.head!r}")
     num_classes = len(spec.classes)
     height, width = image_hw
     all_boxes, all_scores, all_classes = [], [], []
     for level in spec.levels:
-        cls_logits = _level_array(outputs, level.cls, num_classes)
-        box = _level_array(outputs, level.box, 4)
-        ctr = _level_array(outputs, level.ctr, 1)
-        grid_hw = cls_logits.shape[1:]
-        if box.shape[1:] != grid_hw or ctr.shape[1:] != grid_hw:
-            raise ValueError(
-                f"stride {level.stride}: cls {cls_logits.shape}, box {box.shape} and "
-                f"ctr {ctr.shape} disagree on the grid size"
-            )
-        cells = grid_hw[0] * grid_hw[1]
-        scores = np.sqrt(
-            _sigmoid(cls_logits.reshape(num_classes, cells)) * _sigmoid(ctr.reshape(1, cells))
-        )
-        class_ids, cell_ids = np.nonzero(scores > score_threshold)
-        if cell_ids.size == 0:
+        found = level_candidates(outputs, level, num_classes, score_threshold)
+        if found is None:
             continue
-        candidate_scores = scores[class_ids, cell_ids]
-        if candidate_scores.size > PRE_NMS_TOP_K:
-            top = np.argpartition(-candidate_scores, PRE_NMS_TOP_K - 1)[:PRE_NMS_TOP_K]
-            class_ids, cell_ids, candidate_scores = (
-                class_ids[top],
-                cell_ids[top],
-                candidate_scores[top],
-            )
-        stride = np.float32(level.stride)
-        rows, cols = np.divmod(cell_ids, grid_hw[1])
-        anchor_x = (cols.astype(np.float32) + 0.5) * stride
-        anchor_y = (rows.astype(np.float32) + 0.5) * stride
-        ltrb = np.maximum(box.reshape(4, cells)[:, cell_ids], 0.0) * stride
-        boxes = np.stack(
-            [anchor_x - ltrb[0], anchor_y - ltrb[1], anchor_x + ltrb[2], anchor_y + ltrb[3]],
-            axis=1,
-        )
-        all_boxes.append(boxes)
-        all_scores.append(candidate_scores)
-        all_classes.append(class_ids)
+        all_boxes.append(found[0])
+        all_scores.append(found[1])
+        all_classes.append(found[2])
     if not all_boxes:
         return Detections.empty()
     boxes = np.concatenate(all_boxes).astype(np.float32)
