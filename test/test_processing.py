@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import cv2
@@ -9,13 +11,17 @@ import numpy as np
 import pytest
 
 from ros2_bilevel_fusion.core.bundle import (
+    DETECTION_HEADS,
     DetectionLevel,
     DetectionSpec,
+    FcosLevel,
     InputSpec,
     ModelBundle,
     PreprocessSpec,
+    YoloxLevel,
 )
 from ros2_bilevel_fusion.core.processing import (
+    HEAD_DECODERS,
     PRE_NMS_TOP_K,
     Detections,
     blend,
@@ -373,3 +379,192 @@ def test_matches_the_training_decoder_on_random_heads() -> None:
     np.testing.assert_allclose(ours.boxes, theirs["boxes"].numpy(), atol=1e-4)
     np.testing.assert_allclose(ours.scores, theirs["scores"].numpy(), atol=1e-6)
     np.testing.assert_array_equal(ours.class_ids, theirs["labels"].numpy())
+
+
+# --- yolox head ---------------------------------------------------------------------------------
+YOLOX_SPEC = DetectionSpec(
+    head="yolox",
+    classes=("person", "bicycle", "car"),
+    levels=(
+        YoloxLevel(8, "reg8", "obj8", "cls8"),
+        YoloxLevel(16, "reg16", "obj16", "cls16"),
+        YoloxLevel(32, "reg32", "obj32", "cls32"),
+    ),
+)
+
+
+def yolox_heads(padded_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """All-cold SYNTHETIC yolox heads for YOLOX_SPEC: objectness off, classes on, unit boxes."""
+    outputs = {}
+    for level in YOLOX_SPEC.levels:
+        grid = (padded_hw[0] // level.stride, padded_hw[1] // level.stride)
+        outputs[level.reg] = np.zeros((1, 4, *grid), np.float32)
+        outputs[level.obj] = np.full((1, 1, *grid), LOGIT_OFF, np.float32)
+        outputs[level.cls] = np.full((1, len(YOLOX_SPEC.classes), *grid), LOGIT_ON, np.float32)
+    return outputs
+
+
+def decode_yolox(outputs: dict, image_hw=(64, 96), threshold=0.3, iou=0.5, max_det=100):
+    return decode_detections(outputs, YOLOX_SPEC, image_hw, threshold, iou, max_det)
+
+
+def _sigmoid64(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def reference_yolox_candidates(
+    outputs: dict, spec: DetectionSpec, image_hw: tuple[int, int], threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The yolox rule written out cell by cell and class by class in float64, no shortcut:
+    every (cell, class) with sigmoid(obj) * sigmoid(cls) > threshold, its box clipped to the
+    image, dropped when empty. Boxes, scores and class ids before NMS, in no particular order."""
+    height, width = image_hw
+    boxes, scores, class_ids = [], [], []
+    for level in spec.levels:
+        reg, obj, cls = (outputs[name][0].astype(np.float64) for name in level.output_names)
+        s = level.stride
+        for i in range(obj.shape[1]):
+            for j in range(obj.shape[2]):
+                cx, cy = (reg[0, i, j] + j) * s, (reg[1, i, j] + i) * s
+                w, h = math.exp(reg[2, i, j]) * s, math.exp(reg[3, i, j]) * s
+                x1, x2 = min(max(cx - w / 2, 0), width), min(max(cx + w / 2, 0), width)
+                y1, y2 = min(max(cy - h / 2, 0), height), min(max(cy + h / 2, 0), height)
+                for c in range(cls.shape[0]):
+                    score = _sigmoid64(obj[0, i, j]) * _sigmoid64(cls[c, i, j])
+                    if score > threshold and x2 > x1 and y2 > y1:
+                        boxes.append((x1, y1, x2, y2))
+                        scores.append(score)
+                        class_ids.append(c)
+    return np.array(boxes).reshape(-1, 4), np.array(scores), np.array(class_ids, np.int64)
+
+
+def random_yolox_heads(padded_hw: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+    """SYNTHETIC random yolox heads: ~10% of cells with objectness above 0.5, boxes of 0.3 to 7
+    strides, some reaching past the image (clipped) and some cells in the padding."""
+    rng = np.random.default_rng(seed)
+    outputs = yolox_heads(padded_hw)
+    for level in YOLOX_SPEC.levels:
+        grid = outputs[level.obj].shape[2:]
+        reg = np.concatenate(
+            [rng.uniform(0.0, 1.0, (1, 2, *grid)), rng.uniform(-1.2, 2.0, (1, 2, *grid))], axis=1
+        )
+        outputs[level.reg] = reg.astype(np.float32)
+        outputs[level.obj] = rng.normal(-2.0, 2.0, (1, 1, *grid)).astype(np.float32)
+        outputs[level.cls] = rng.normal(-0.5, 2.0, outputs[level.cls].shape).astype(np.float32)
+    return outputs
+
+
+def _by_class_then_box(boxes, scores, class_ids) -> tuple[np.ndarray, ...]:
+    order = np.lexsort((boxes[:, 1], boxes[:, 0], class_ids))
+    return boxes[order], scores[order], class_ids[order]
+
+
+def test_every_head_of_the_contract_has_a_decoder() -> None:
+    assert set(HEAD_DECODERS) == set(DETECTION_HEADS) == {"fcos", "yolox"}
+    assert SPEC.head == "fcos" and SPEC.box_encoding == "ltrb_stride"
+    assert YOLOX_SPEC.box_encoding == "xy_offset_log_wh_stride"
+    assert DetectionLevel is FcosLevel  # the former name still builds FCOS levels
+
+
+def test_yolox_single_cell_decodes_to_known_box_score_and_class() -> None:
+    outputs = yolox_heads((64, 96))
+    # Stride 16, row 2, col 3; dx 0.25, dy 0.75 -> centre (52, 44); w 2 s = 32, h 0.5 s = 8.
+    outputs["obj16"][0, 0, 2, 3] = 1.5
+    outputs["cls16"][0, :, 2, 3] = (-1.0, 0.5, -3.0)
+    outputs["reg16"][0, :, 2, 3] = (0.25, 0.75, math.log(2.0), math.log(0.5))
+    detections = decode_yolox(outputs, threshold=0.3)
+    assert len(detections) == 1
+    np.testing.assert_allclose(detections.boxes[0], [36, 40, 68, 48], atol=1e-5)
+    assert detections.class_ids.tolist() == [1]
+    # score_c = sigmoid(obj) * sigmoid(cls_c): 0.8176 * 0.6225; class 0 gives 0.22 < 0.3.
+    assert detections.scores[0] == pytest.approx(_sigmoid64(1.5) * _sigmoid64(0.5), abs=1e-6)
+    assert detections.boxes.dtype == np.float32 and detections.class_ids.dtype == np.int64
+    assert len(decode_yolox(outputs, threshold=0.2)) == 2  # class 0 (0.2195) joins
+    exact = float(detections.scores[0])
+    assert len(decode_yolox(outputs, threshold=exact)) == 0  # strict, as the fcos head
+
+
+def test_yolox_objectness_bounds_every_class_score() -> None:
+    """A cell whose objectness is below the threshold gives nothing, whatever its classes."""
+    outputs = yolox_heads((64, 96))
+    outputs["obj8"][0, 0, 1, 1] = 0.0  # sigmoid 0.5; all three classes at +30 (sigmoid ~1)
+    # One box per class at the same place (NMS is class-aware), each scored 0.5 * 1.
+    detections = decode_yolox(outputs, threshold=0.49)
+    assert detections.scores.tolist() == pytest.approx([0.5] * 3)
+    assert sorted(detections.class_ids.tolist()) == [0, 1, 2]
+    assert len(decode_yolox(outputs, threshold=0.5)) == 0
+
+
+def test_yolox_decode_matches_a_reference_on_random_heads() -> None:
+    image_hw = (120, 150)  # padded to 128x160: cells in the padding are dropped or clipped
+    outputs = random_yolox_heads((128, 160), seed=11)
+    ref_boxes, ref_scores, ref_classes = reference_yolox_candidates(
+        outputs, YOLOX_SPEC, image_hw, 0.3
+    )
+    assert 100 < len(ref_scores) < PRE_NMS_TOP_K
+    # Boundary cases would make float32 and float64 disagree on the candidate set.
+    assert np.min(np.abs(ref_scores - 0.3)) > 1e-5
+    # No suppression (IoU never exceeds 1) and no cap: every candidate, compared as a set.
+    everything = decode_yolox(outputs, image_hw, threshold=0.3, iou=1.0, max_det=100000)
+    got = _by_class_then_box(everything.boxes, everything.scores, everything.class_ids)
+    want = _by_class_then_box(ref_boxes, ref_scores, ref_classes)
+    np.testing.assert_array_equal(got[2], want[2])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    # With NMS and a cap: the reference candidates through the same class-aware NMS.
+    final = decode_yolox(outputs, image_hw, threshold=0.3, iou=0.5, max_det=25)
+    keep = nms(ref_boxes.astype(np.float32), ref_scores.astype(np.float32), ref_classes, 0.5, 25)
+    assert len(final) == 25
+    np.testing.assert_array_equal(final.class_ids, ref_classes[keep])
+    np.testing.assert_allclose(final.boxes, ref_boxes[keep], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(final.scores, ref_scores[keep], rtol=1e-5, atol=1e-6)
+
+
+def test_yolox_pre_nms_top_k_bounds_candidates() -> None:
+    outputs = yolox_heads((512, 512))
+    outputs["obj8"][:] = LOGIT_ON  # every cell of every class fires at stride 8 (12288 pairs)
+    outputs["reg8"][:, :2] = 0.5
+    detections = decode_yolox(outputs, image_hw=(512, 512), iou=1.0, max_det=100000)
+    assert len(detections) == PRE_NMS_TOP_K  # strides 16 and 32 stay cold
+
+
+def test_yolox_huge_sizes_clip_and_non_finite_values_drop_without_warnings() -> None:
+    outputs = yolox_heads((64, 96))
+    outputs["obj8"][0, 0, 2, 2] = LOGIT_ON
+    outputs["reg8"][0, :, 2, 2] = (0.5, 0.5, 200.0, 0.0)  # exp overflows float32: inf wide
+    outputs["obj8"][0, 0, 5, 5] = LOGIT_ON
+    outputs["reg8"][0, :, 5, 5] = (np.nan, 0.5, 0.0, 0.0)
+    outputs["obj16"][0, 0, 1, 1] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detections = decode_yolox(outputs, threshold=0.5)
+    assert len(detections) == 3  # the inf-wide box, once per class; NaN box and obj dropped
+    np.testing.assert_allclose(detections.boxes, [[0, 16, 96, 24]] * 3)
+
+
+def test_yolox_decode_rejects_missing_or_misshapen_outputs() -> None:
+    outputs = yolox_heads((64, 96))
+    del outputs["obj16"]
+    with pytest.raises(ValueError, match="obj16"):
+        decode_yolox(outputs)
+    outputs = yolox_heads((64, 96))
+    outputs["cls8"] = outputs["cls8"][:, :2]
+    with pytest.raises(ValueError, match="cls8"):
+        decode_yolox(outputs)
+    outputs = yolox_heads((64, 96))
+    outputs["reg32"] = outputs["reg32"][:, :, :1]
+    with pytest.raises(ValueError, match="grid"):
+        decode_yolox(outputs)
+
+
+def test_detection_spec_refuses_levels_of_the_other_head_and_foreign_encodings() -> None:
+    with pytest.raises(ValueError, match="YoloxLevel"):
+        DetectionSpec(head="yolox", classes=("a",), levels=(FcosLevel(8, "c", "b", "t"),))
+    with pytest.raises(ValueError, match="FcosLevel"):
+        DetectionSpec(classes=("a",), levels=(YoloxLevel(8, "r", "o", "c"),))
+    with pytest.raises(ValueError, match="head must be one of"):
+        DetectionSpec(head="ssd", classes=("a",), levels=())
+    with pytest.raises(ValueError, match="box_encoding"):
+        DetectionSpec(head="yolox", classes=("a",), levels=(), box_encoding="ltrb_stride")
+    with pytest.raises(ValueError, match="stride"):
+        YoloxLevel(0, "r", "o", "c")
