@@ -23,6 +23,7 @@ from ros2_bilevel_fusion.core.pipeline import (
     render_debug,
     render_segmentation_color,
 )
+from ros2_bilevel_fusion.core.processing import prepare_inputs
 from ros2_bilevel_fusion.core.registration import Registration, parse_homography
 
 PAD = 16
@@ -320,6 +321,103 @@ def test_real_pair_through_fixture_bundle(
     boxes = result.detections.boxes
     assert np.all(boxes[:, 2] <= hw[1]) and np.all(boxes[:, 3] <= hw[0])
     assert result.fused_bgr.shape == (*hw, 3)
+
+
+# ------------------------------------------------------------------ detection heads
+def test_yolox_head_bundle_through_onnxruntime_decodes_known_boxes(tmp_path: Path) -> None:
+    """A SYNTHETIC yolox-head ONNX bundle (fixture_bundle.make_yolox_bundle) through the real
+    pipeline and onnxruntime backend: one white 8x8 IR block fires one stride-8 cell, one white
+    16x16 visible block one stride-16 cell; reg and cls are the fixture's constants, so every
+    decoded number follows from the contract's formula."""
+    import math
+
+    from fixture_bundle import (
+        YOLOX_CLS,
+        YOLOX_OBJ_BIAS,
+        YOLOX_OBJ_WEIGHT,
+        YOLOX_REG,
+        make_yolox_bundle,
+    )
+
+    from ros2_bilevel_fusion.backends import create_backend
+    from ros2_bilevel_fusion.core.bundle import load_bundle
+
+    bundle = load_bundle(make_yolox_bundle(tmp_path / "yolox"))
+    assert bundle.detection.head == "yolox" and bundle.inputs.pad_multiple == 16
+    pipeline = FusionPipeline(create_backend("onnxruntime", bundle, threads=1))
+    hw = (56, 88)  # padded to 64x96
+    ir = np.zeros(hw, np.uint8)
+    ir[16:24, 40:48] = 255  # stride 8: row 2, col 5
+    visible = np.zeros((*hw, 3), np.uint8)
+    visible[32:48, 64:80] = 255  # stride 16: row 2, col 4
+    result = pipeline.process(ir, visible)
+
+    def expected(stride: int, row: int, col: int) -> tuple[list[float], float, int]:
+        dx, dy, log_w, log_h = YOLOX_REG[stride]
+        cx, cy = (dx + col) * stride, (dy + row) * stride
+        w, h = math.exp(log_w) * stride, math.exp(log_h) * stride
+        box = [cx - w / 2, cy - h / 2, min(cx + w / 2, hw[1]), min(cy + h / 2, hw[0])]
+        sigmoid = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+        class_scores = [
+            sigmoid(YOLOX_OBJ_WEIGHT + YOLOX_OBJ_BIAS) * sigmoid(c) for c in YOLOX_CLS[stride]
+        ]
+        class_id = int(np.argmax(class_scores))
+        return box, class_scores[class_id], class_id
+
+    box16, score16, class16 = expected(16, 2, 4)
+    box8, score8, class8 = expected(8, 2, 5)
+    # Worked out: stride 16 -> (48, 30, 96 clipped to 88, 50), person, 0.99995 * sigmoid(3);
+    # stride 8 -> (34, 14, 50, 26), car, 0.99995 * sigmoid(2). The other classes score < 0.3.
+    assert box16 == pytest.approx([48, 30, 88, 50]) and box8 == pytest.approx([34, 14, 50, 26])
+    detections = result.detections
+    assert detections is not None and len(detections) == 2
+    assert detections.class_ids.tolist() == [class16, class8] == [0, 1]
+    np.testing.assert_allclose(detections.boxes, [box16, box8], atol=1e-4)
+    np.testing.assert_allclose(detections.scores, [score16, score8], atol=1e-5)
+    luma = cv2.cvtColor(visible, cv2.COLOR_BGR2YCrCb)[..., 0]
+    np.testing.assert_array_equal(result.fused_y, np.maximum(ir, luma))
+    # The bundle's threshold applies: above the stride-8 score only the stride-16 box is left.
+    pipeline.config = dataclasses.replace(pipeline.config, score_threshold=0.9)
+    assert pipeline.process(ir, visible).detections.class_ids.tolist() == [0]
+
+
+def test_default_bundle_has_no_head_key_and_decodes_as_an_explicit_fcos_head(
+    repo_root: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """models/default predates detection.head: it loads as fcos, and on a real MSRS pair its
+    raw outputs decode to the same detections as with ``head: fcos`` written out."""
+    import yaml
+
+    from ros2_bilevel_fusion.backends import create_backend
+    from ros2_bilevel_fusion.core.bundle import load_bundle
+    from ros2_bilevel_fusion.core.processing import decode_detections
+
+    shipped = repo_root / "models" / "default"
+    data = yaml.safe_load((shipped / "model.yaml").read_text())
+    assert "head" not in data["detection"]
+    bundle = load_bundle(shipped)
+    assert bundle.detection.head == "fcos" and bundle.detection.box_encoding == "ltrb_stride"
+    explicit_folder = tmp_path / "explicit"
+    explicit_folder.mkdir()
+    for name in ("model.onnx", "model.pt"):
+        (explicit_folder / name).symlink_to(shipped / name)
+    data["detection"] = {"head": "fcos", **data["detection"]}
+    (explicit_folder / "model.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    explicit = load_bundle(explicit_folder)
+    assert explicit.detection == bundle.detection
+
+    ir = cv2.imread(str(shared_data / "msrs" / "ir" / "00001D.png"), cv2.IMREAD_GRAYSCALE)
+    visible = cv2.imread(str(shared_data / "msrs" / "vi" / "00001D.png"), cv2.IMREAD_COLOR)
+    backend = create_backend("onnxruntime", bundle, threads=1)
+    prepared = prepare_inputs(ir, visible, bundle)
+    outputs = backend.infer(prepared.ir, prepared.visible_ycrcb)
+    found = [
+        decode_detections(outputs, spec.detection, prepared.network_hw, 0.05, 0.5, 100)
+        for spec in (bundle, explicit)
+    ]
+    assert len(found[0]) > 10
+    for a, b in zip(found[0].__dict__.values(), found[1].__dict__.values(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------------ big frames
