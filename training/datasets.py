@@ -30,6 +30,10 @@ from ros2_bilevel_fusion.core.bundle import (
     DEFAULT_THERMAL_HIGH_PERCENTILE,
     DEFAULT_THERMAL_LOW_PERCENTILE,
 )
+from ros2_bilevel_fusion.evaluation.ground_truth import read_merged_labels, read_yolo
+
+# The MSRS evaluation hold-out is defined with the other splits (re-exported here).
+from ros2_bilevel_fusion.evaluation.splits import MSRS_HOLDOUT_NAMES
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -43,13 +47,6 @@ DEFAULT_VOC_CLASS_MAP: dict[str, int] = {
     "car": 2,
 }
 
-# MSRS evaluation hold-out (suggested): every 4th sorted name starting at the first, plus
-# 00006N, so that the 8 pairs with person masks split 4 / 4 between training and evaluation
-# (held out: 00001D, 00005N, 00006N, 00009N; trained on: 00002D, 00003N, 00007N, 00010N) and
-# both day and night scenes are held out. 8 of 28 pairs.
-MSRS_HOLDOUT_NAMES: tuple[str, ...] = (
-    "00001D", "00005N", "00006N", "00009N", "00020N", "00036N", "00055D", "00091D",
-)
 MSRS_MASK_MAP: dict[int, int] = {255: 1}  # binary person masks -> segmentation id of person
 # Random rescale of training crops (augmentation) unless a caller says otherwise.
 DEFAULT_SCALE_RANGE: tuple[float, float] = (0.75, 1.25)
@@ -147,26 +144,11 @@ def parse_yolo(
 
     class_map maps file class ids to detection ids; ids it does not list are dropped. Without
     it, ids are kept as they are (MSRS: 0 person, 1 bicycle, 2 car = DETECTION_CLASSES).
+    The runtime's reader (:func:`ros2_bilevel_fusion.evaluation.ground_truth.read_yolo`),
+    with boxes clipped to the image and float32 as the data sets return them.
     """
-    boxes, labels = [], []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) < 5:
-            raise ValueError(f"{path}:{line_number}: expected 'class cx cy w h', got {line!r}")
-        class_id = int(float(fields[0]))
-        if class_map is not None:
-            if class_id not in class_map:
-                continue
-            class_id = class_map[class_id]
-        cx, cy, w, h = (float(v) for v in fields[1:5])
-        boxes.append(
-            [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
-             (cy + h / 2) * height]
-        )
-        labels.append(class_id)
-    return _as_box_arrays(boxes, labels, width, height)
+    boxes, labels = read_yolo(path, width, height, class_map)
+    return _as_box_arrays(boxes.tolist(), labels.tolist(), width, height)
 
 
 def parse_voc(
@@ -404,6 +386,7 @@ class PairFolder(Dataset):
         pad_multiple: int | None = 32,
         flip_probability: float = 0.5,
         mask_unlabelled_box_classes: Sequence[int] = (),
+        label_annotations: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.ir_dir = self.root / ir_dir
@@ -429,6 +412,9 @@ class PairFolder(Dataset):
         # Masks that label only some classes (MSRS: persons) call a car "background"; pixels
         # marked 0 inside boxes of these detection classes become 255 (unknown) instead.
         self.mask_unlabelled_box_classes = tuple(mask_unlabelled_box_classes)
+        # With annotation names (MSRS: ground_truth.MSRS_ANNOTATIONS) labels_dir holds one YOLO
+        # folder per annotation and the boxes are their merge (ground_truth.merge_annotations).
+        self.label_annotations = tuple(label_annotations) if label_annotations else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -446,7 +432,19 @@ class PairFolder(Dataset):
         boxes = np.zeros((0, 4), np.float32)
         labels = np.zeros((0,), np.int64)
         has_boxes = False
-        if self.labels_dir is not None and (self.labels_dir / f"{name}.txt").is_file():
+        merged = None
+        if self.labels_dir is not None and self.label_annotations is not None:
+            merged = read_merged_labels(
+                self.labels_dir, name, width, height, self.label_annotations,
+                class_map=self.yolo_class_map,
+            )
+        if merged is not None:
+            boxes, labels = _as_box_arrays(merged[0].tolist(), merged[1].tolist(), width, height)
+            has_boxes = True
+        elif (
+            self.labels_dir is not None and self.label_annotations is None
+            and (self.labels_dir / f"{name}.txt").is_file()
+        ):
             boxes, labels = parse_yolo(
                 self.labels_dir / f"{name}.txt", width, height, self.yolo_class_map
             )

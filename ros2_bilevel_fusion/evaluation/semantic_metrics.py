@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ros2_bilevel_fusion.evaluation.ground_truth import parse_yolo_lines
+
 
 class SemanticInputError(ValueError):
     """Predictions or ground truths are malformed (shapes, lengths, classes)."""
@@ -144,29 +146,13 @@ def detection_map(
 
 
 def yolo_to_xyxy(lines: Sequence[str], width: int, height: int) -> dict[str, np.ndarray]:
-    """Ground-truth entry from YOLO label lines ``class cx cy w h`` (normalised to [0, 1])."""
-    boxes, labels = [], []
-    for number, line in enumerate(lines, start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 5:
-            raise SemanticInputError(f"line {number}: expected 'class cx cy w h', got {line!r}")
-        label = int(float(parts[0]))
-        cx, cy, w, h = (float(value) for value in parts[1:])
-        boxes.append(
-            [
-                (cx - w / 2) * width,
-                (cy - h / 2) * height,
-                (cx + w / 2) * width,
-                (cy + h / 2) * height,
-            ]
-        )
-        labels.append(label)
-    return {
-        "boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-        "labels": np.asarray(labels, dtype=np.int64),
-    }
+    """Ground-truth entry from YOLO label lines ``class cx cy w h`` (normalised to [0, 1]):
+    :func:`ros2_bilevel_fusion.evaluation.ground_truth.parse_yolo_lines` as a mapping."""
+    try:
+        boxes, labels = parse_yolo_lines(lines, width, height)
+    except ValueError as exc:
+        raise SemanticInputError(str(exc)) from exc
+    return {"boxes": boxes, "labels": labels}
 
 
 @dataclass
