@@ -150,6 +150,84 @@ def test_output_named_in_yaml_but_absent_from_graph_is_refused(bundle_copy: Path
         create_backend("onnxruntime", load_bundle(bundle_copy))
 
 
+@pytest.fixture()
+def yolox_copy(tmp_path: Path) -> Path:
+    """A private SYNTHETIC yolox-head bundle (fixture_bundle.make_yolox_bundle)."""
+    from fixture_bundle import make_yolox_bundle
+
+    return make_yolox_bundle(tmp_path / "yolox")
+
+
+def test_onnxruntime_returns_every_yolox_level_output(yolox_copy: Path) -> None:
+    bundle = load_bundle(yolox_copy)
+    assert bundle.output_names == ["fused_y"] + [
+        f"det_{part}_s{s}" for s in (8, 16) for part in ("reg", "obj", "cls")
+    ]
+    out = create_backend("onnxruntime", bundle, threads=1).infer(*_synthetic_inputs(64, 96))
+    assert list(out) == bundle.output_names
+    assert out["det_reg_s8"].shape == (1, 4, 8, 12) and out["det_obj_s8"].shape == (1, 1, 8, 12)
+    assert out["det_cls_s16"].shape == (1, 2, 4, 6)
+
+
+def test_yolox_bundle_round_trips_with_the_head_first(yolox_copy: Path) -> None:
+    bundle = load_bundle(yolox_copy)
+    save_bundle(bundle)
+    assert load_bundle(yolox_copy) == bundle
+    section = yaml.safe_load((yolox_copy / "model.yaml").read_text())["detection"]
+    assert list(section)[0] == "head" and section["head"] == "yolox"
+    assert section["box_encoding"] == "xy_offset_log_wh_stride"
+
+
+@pytest.mark.parametrize(
+    ("which", "edit", "message"),
+    [
+        ("yolox", lambda d: d["detection"].update(head="ssd"), r"detection\.head 'ssd'"),
+        ("yolox", lambda d: d["detection"].update(head=["yolox"]), r"detection\.head \['yolox'\]"),
+        (
+            "yolox",
+            lambda d: d["detection"]["levels"][1].update(box="det_box_s16"),
+            r"detection\.levels\[1\]: a yolox level .*unknown keys \['box'\]$",
+        ),
+        (
+            "yolox",
+            lambda d: d["detection"]["levels"][0].pop("obj"),
+            r"detection\.levels\[0\]: .*missing keys \['obj'\]",
+        ),
+        (
+            "fcos",  # fcos levels under head: yolox: says which head the keys belong to
+            lambda d: d["detection"].update(head="yolox"),
+            r"unknown keys \['box', 'ctr'\]; missing keys \['reg', 'obj'\]; these are fcos",
+        ),
+        (
+            "yolox",  # the pre-yolox default: a yolox bundle without its head key is fcos
+            lambda d: d["detection"].pop("head"),
+            r"a fcos level .*these are yolox level keys \(detection\.head: yolox\)",
+        ),
+        (
+            "yolox",
+            lambda d: d["detection"].update(box_encoding="ltrb_stride"),
+            r"detection: box_encoding of the yolox head",
+        ),
+        ("yolox", lambda d: d["detection"]["levels"][0].update(stride=0), r"levels\[0\]: stride"),
+        ("yolox", lambda d: d["detection"].update(levels={"stride": 8}), "list of mappings"),
+    ],
+)
+def test_bad_detection_heads_and_level_keys_are_refused_naming_file_and_key(
+    which: str, edit, message: str, yolox_copy: Path, bundle_copy: Path
+) -> None:
+    folder = yolox_copy if which == "yolox" else bundle_copy
+    _edit_yaml(folder, edit)
+    with pytest.raises(BundleError, match=message) as caught:
+        load_bundle(folder)
+    assert str(folder / "model.yaml") in str(caught.value)
+
+
+def test_yolox_output_named_in_yaml_but_absent_from_graph_is_refused(yolox_copy: Path) -> None:
+    _edit_yaml(yolox_copy, lambda d: d["detection"]["levels"][1].update(obj="objectness_s16"))
+    with pytest.raises(BackendError, match="objectness_s16"):
+        create_backend("onnxruntime", load_bundle(yolox_copy))
+
+
 def test_bad_input_shapes_are_backend_errors(fixture_bundle: Path) -> None:
     backend = OnnxRuntimeBackend(load_bundle(fixture_bundle), threads=1)
     ir, vis = _synthetic_inputs()

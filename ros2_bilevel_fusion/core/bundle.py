@@ -292,14 +292,13 @@ def _load_detection(section: Any, yaml_path: Path) -> DetectionSpec:
                 for name, (other_type, _) in DETECTION_HEADS.items()
                 if set(raw) == {f.name for f in dataclasses.fields(other_type)}
             ]
-            hint = (
-                f"; these are {others[0]} level keys (detection.head: {others[0]})"
-                if others
-                else ""
-            )
+            faults = [f"unknown keys {unknown}"] if unknown else []
+            faults += [f"missing keys {missing}"] if missing else []
+            if others:
+                faults.append(f"these are {others[0]} level keys (detection.head: {others[0]})")
             raise BundleError(
                 f"{where}: a {head} level has keys {keys} (detection.head: {head}); "
-                f"unknown keys {unknown}, missing keys {missing}{hint}"
+                + "; ".join(faults)
             )
         levels.append(_build(level_type, raw, where))
     if not levels:
