@@ -129,3 +129,22 @@ def test_merge_on_real_msrs_det_pairs(shared_data: Path) -> None:
     truth = gt.merged_truth(root)("01352N", 640, 480)
     assert truth is not None and len(truth["boxes"]) == len(truth["labels"]) > 0
     assert "IoU 0.5" in gt.merged_truth(root).description
+
+
+def test_training_pair_folder_reads_merged_labels(shared_data: Path) -> None:
+    """training.datasets.PairFolder with label_annotations gives the merged boxes (clipped)."""
+    datasets = pytest.importorskip("training.datasets")
+    root = shared_data / "msrs_det"
+    if not (root / "labels").is_dir():
+        pytest.skip("msrs_det is not present")
+    merged = datasets.PairFolder(
+        root, names=["01352N"], labels_dir="labels", label_annotations=gt.MSRS_ANNOTATIONS,
+        train=False,
+    ).load(0)
+    fusion = datasets.PairFolder(
+        root, names=["01352N"], labels_dir="labels/fusion", train=False
+    ).load(0)
+    boxes, labels = gt.read_merged_labels(root / "labels", "01352N", 640, 480)
+    assert merged["has_boxes"] and merged["labels"].tolist() == labels.tolist()
+    np.testing.assert_allclose(merged["boxes"], boxes.clip(0, [640, 480, 640, 480]), atol=1e-3)
+    assert len(fusion["labels"]) < len(merged["labels"])

@@ -83,3 +83,97 @@ def test_unknown_split_and_missing_root(tmp_path: Path) -> None:
     assert splits.frame_number("01206N") == 1206
     with pytest.raises(splits.SplitError):
         splits.frame_number("night")
+
+
+# ------------------------------------------------------------------ fusion-eval on a split
+
+
+def _split_counts(shared_data: Path, names: list[str]) -> tuple[int, int]:
+    """(fusion-only, merged) box counts of these msrs_det pairs."""
+    from ros2_bilevel_fusion.evaluation import ground_truth as gt
+
+    labels = shared_data / "msrs_det" / "labels"
+    fusion = sum(len(gt.read_yolo(labels / "fusion" / f"{n}.txt", 640, 480)[1]) for n in names)
+    merged = sum(len(gt.read_merged_labels(labels, n, 640, 480)[1]) for n in names)
+    return fusion, merged
+
+
+def test_the_folder_loop_on_a_split_scores_against_merged_labels(msrs_det, shared_data) -> None:
+    """Predicting the merged boxes scores mAP 1 on msrs_det:test; predicting only the fusion
+    annotation's boxes misses the objects only infrared / visible drew (mAP < 1)."""
+    import numpy as np
+
+    from ros2_bilevel_fusion.core.processing import Detections
+    from ros2_bilevel_fusion.evaluation import folder
+    from ros2_bilevel_fusion.evaluation import ground_truth as gt
+
+    pairs, truth = folder.split_pairs("msrs_det:test", shared_data, limit=4)
+    names = [pair.stem for pair in pairs]
+    assert names == msrs_det["test"][:4]
+    fusion_count, merged_count = _split_counts(shared_data, names)
+    assert merged_count > fusion_count  # these four pairs have objects fusion did not draw
+    labels = shared_data / "msrs_det" / "labels"
+
+    def predicting(source):
+        stems = iter(names)
+
+        def run_pair(ir_u8, visible_bgr):
+            height, width = visible_bgr.shape[:2]
+            boxes, classes = source(next(stems), width, height)
+            detections = Detections(
+                boxes.astype(np.float32), np.ones(len(classes), np.float32), classes
+            )
+            return folder.PairOutput(
+                fused_y=folder.visible_luma(visible_bgr), detections=detections
+            )
+
+        return run_pair
+
+    classes = ["person", "bicycle", "car"]
+    merged = folder.score_pairs(
+        pairs, predicting(lambda n, w, h: gt.read_merged_labels(labels, n, w, h)),
+        ground_truth=truth, detection_classes=classes,
+    )
+    assert merged.detection["num_ground_truths"] == merged_count
+    assert merged.detection["mAP50"] == pytest.approx(1.0)
+    assert merged.detection["ground_truth"].startswith("merged fusion+infrared+visible")
+    fusion_only = folder.score_pairs(
+        pairs, predicting(lambda n, w, h: gt.read_yolo(labels / "fusion" / f"{n}.txt", w, h)),
+        ground_truth=truth, detection_classes=classes,
+    )
+    assert fusion_only.detection["mAP50"] < 0.95
+    with pytest.raises(folder.EvaluationError, match="not both"):
+        folder.score_pairs(pairs, predicting(None), labels_dir=labels / "fusion",
+                           ground_truth=truth, detection_classes=classes)
+    with pytest.raises(folder.EvaluationError, match="unknown split"):
+        folder.split_pairs("msrs_det:everything", shared_data)
+
+
+def test_fusion_eval_folder_split_cli(fixture_bundle, msrs_det, shared_data, tmp_path) -> None:
+    import json
+
+    from ros2_bilevel_fusion.evaluation import evaluate
+
+    names = msrs_det["val"][:2]
+    fusion_count, merged_count = _split_counts(shared_data, names)
+    common = ["folder", "--bundle", str(fixture_bundle), "--split", "msrs_det:val",
+              "--data-root", str(shared_data), "--limit", "2"]
+    assert evaluate.main([*common, "--out", str(tmp_path / "merged")]) == 0
+    detection = json.loads((tmp_path / "merged" / "summary.json").read_text())["detection"]
+    assert detection["labelled_images"] == 2
+    assert detection["num_ground_truths"] == merged_count
+    assert "merged" in detection["ground_truth"]
+    # --labels DIR still works, on the split's pairs: that one annotation is the ground truth
+    fusion_dir = shared_data / "msrs_det" / "labels" / "fusion"
+    assert evaluate.main(
+        [*common, "--labels", str(fusion_dir), "--out", str(tmp_path / "fusion")]
+    ) == 0
+    detection = json.loads((tmp_path / "fusion" / "summary.json").read_text())["detection"]
+    assert detection["num_ground_truths"] == fusion_count < merged_count
+    # errors are messages (exit code 2)
+    assert evaluate.main([*common, "--ir", str(shared_data / "msrs_det" / "ir"),
+                          "--out", str(tmp_path / "x")]) == 2
+    assert evaluate.main(["folder", "--bundle", str(fixture_bundle), "--split", "msrs_det:all",
+                          "--data-root", str(shared_data), "--out", str(tmp_path / "y")]) == 2
+    assert evaluate.main(["folder", "--bundle", str(fixture_bundle),
+                          "--out", str(tmp_path / "z")]) == 2

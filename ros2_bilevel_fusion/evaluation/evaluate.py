@@ -2,9 +2,11 @@
 
 This module is the command line only:
 
-* folder mode: :func:`ros2_bilevel_fusion.evaluation.folder.score_pairs` runs every IR/visible
-  pair through the node's pipeline (:class:`ros2_bilevel_fusion.core.pipeline.FusionPipeline`)
-  and scores it (fusion metrics, baselines with the same code, detection mAP, segmentation IoU);
+* folder mode (``--ir/--vi`` folders, or ``--split msrs_det:test``: a named split of
+  :mod:`~ros2_bilevel_fusion.evaluation.splits` with merged ground truth):
+  :func:`ros2_bilevel_fusion.evaluation.folder.score_pairs` runs every IR/visible pair through
+  the node's pipeline (:class:`ros2_bilevel_fusion.core.pipeline.FusionPipeline`) and scores
+  it (fusion metrics, baselines with the same code, detection mAP, segmentation IoU);
 * bag mode: :mod:`ros2_bilevel_fusion.evaluation.bag_mode` replays a bag through the real node
   and scores what it published (fusion metrics, latency, throughput, drops);
 * :mod:`ros2_bilevel_fusion.evaluation.report` writes the report folder: ``summary.md`` (or
@@ -31,7 +33,9 @@ from ros2_bilevel_fusion.evaluation.folder import (
     parse_mask_map,
     pipeline_runner,
     score_pairs,
+    split_pairs,
 )
+from ros2_bilevel_fusion.evaluation.splits import DEFAULT_DATA_ROOT
 
 LOG = logging.getLogger("fusion-eval")
 
@@ -41,8 +45,21 @@ def _looks_like_tno(ir_dir: Path) -> bool:
 
 
 def run_folder(args: argparse.Namespace) -> int:
-    ir_dir, visible_dir, out_dir = Path(args.ir), Path(args.vi), Path(args.out)
-    pairs = find_folder_pairs(ir_dir, visible_dir, args.limit)
+    out_dir = Path(args.out)
+    ground_truth = None
+    if args.split:
+        if args.ir or args.vi:
+            raise EvaluationError("give --split or --ir/--vi, not both")
+        # The split's pairs and, unless --labels names one annotation, their merged labels.
+        pairs, ground_truth = split_pairs(args.split, Path(args.data_root), args.limit)
+        ir_dir = pairs[0].ir_path.parent
+        if args.labels:
+            ground_truth = None
+    elif not (args.ir and args.vi):
+        raise EvaluationError("give --ir and --vi, or --split")
+    else:
+        ir_dir, visible_dir = Path(args.ir), Path(args.vi)
+        pairs = find_folder_pairs(ir_dir, visible_dir, args.limit)
     registration = Registration.identity()
     run_pair = bundle = None
     if args.bundle:
@@ -60,6 +77,7 @@ def run_folder(args: argparse.Namespace) -> int:
         registration=registration,
         with_baselines=args.baselines,
         labels_dir=Path(args.labels) if args.labels else None,
+        ground_truth=ground_truth,
         detection_classes=(
             bundle.detection.classes if bundle is not None and bundle.detection else None
         ),
@@ -75,6 +93,8 @@ def run_folder(args: argparse.Namespace) -> int:
     )
     markdown = report.write_folder_report(out_dir, result, published)
     print(markdown)
+    if result.detection is not None:
+        print(f"detection ground truth: {result.detection['ground_truth']}")
     print(f"report written to {out_dir}")
     return 0
 
@@ -114,8 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument(
         "--bundle", help="model bundle folder (model.yaml); omit with --baselines for baselines"
     )
-    folder.add_argument("--ir", required=True, help="folder of infrared images")
-    folder.add_argument("--vi", required=True, help="folder of visible images (same names)")
+    folder.add_argument("--ir", help="folder of infrared images (or --split)")
+    folder.add_argument("--vi", help="folder of visible images, same names (or --split)")
+    folder.add_argument(
+        "--split",
+        help="a named split instead of --ir/--vi, e.g. msrs_det:test (msrs_det:train|val|test, "
+        "msrs:train|holdout; docs/data_splits.md): its pairs, scored for mAP against the merged "
+        "fusion+infrared+visible labels (--labels DIR: that one annotation instead)",
+    )
+    folder.add_argument(
+        "--data-root", default=str(DEFAULT_DATA_ROOT),
+        help=f"folder holding the split's data set (default {DEFAULT_DATA_ROOT})",
+    )
     folder.add_argument("--labels", help="folder of YOLO txt labels (<stem>.txt) for mAP")
     folder.add_argument("--masks", help="folder of PNG masks (same names) for segmentation IoU")
     folder.add_argument(

@@ -31,12 +31,9 @@ import cv2
 import numpy as np
 
 from ros2_bilevel_fusion.core.registration import Registration
-from ros2_bilevel_fusion.evaluation import baselines, metrics, report
-from ros2_bilevel_fusion.evaluation.semantic_metrics import (
-    ConfusionMatrix,
-    detection_map,
-    yolo_to_xyxy,
-)
+from ros2_bilevel_fusion.evaluation import baselines, metrics, report, splits
+from ros2_bilevel_fusion.evaluation.ground_truth import TruthSource, merged_truth, yolo_truth
+from ros2_bilevel_fusion.evaluation.semantic_metrics import ConfusionMatrix, detection_map
 
 LOG = logging.getLogger("fusion-eval")
 
@@ -78,6 +75,32 @@ def find_folder_pairs(
     if not pairs:
         raise EvaluationError(f"no IR/visible pairs in {ir_dir} and {visible_dir}")
     return pairs
+
+
+def split_pairs(
+    split: str, data_root: Path = splits.DEFAULT_DATA_ROOT, limit: int | None = None
+) -> tuple[list[FolderPair], TruthSource]:
+    """The pairs of a named split (:mod:`~ros2_bilevel_fusion.evaluation.splits`, e.g.
+    ``msrs_det:test``) under ``data_root``, sorted, at most ``limit``, and their merged ground
+    truth (:func:`~ros2_bilevel_fusion.evaluation.ground_truth.merged_truth` of the folder's
+    ``labels/``)."""
+    try:
+        folder = splits.split_folder(split, data_root)
+        names = splits.split_names(split, data_root)
+    except splits.SplitError as exc:
+        raise EvaluationError(str(exc)) from exc
+    pairs = []
+    for name in names:
+        ir_path = metrics.find_pair_file(folder / "ir", name)
+        visible_path = metrics.find_pair_file(folder / "vi", name)
+        if ir_path is None or visible_path is None:  # listed from both folders; cannot happen
+            raise EvaluationError(f"{split}: no IR/visible pair for {name}")
+        pairs.append(FolderPair(ir_path.name, ir_path, visible_path))
+    if limit is not None:
+        pairs = pairs[:limit]
+    if not pairs:
+        raise EvaluationError(f"split {split} has no pairs under {data_root}")
+    return pairs, merged_truth(folder / "labels")
 
 
 def parse_mask_map(text: str | None) -> dict[int, int]:
@@ -237,6 +260,7 @@ def score_pairs(
     with_baselines: bool = False,
     max_side: int = 0,
     labels_dir: Path | None = None,
+    ground_truth: TruthSource | None = None,
     detection_classes: Sequence[str] | None = None,
     masks_dir: Path | None = None,
     mask_map: dict[int, int] | None = None,
@@ -252,8 +276,10 @@ def score_pairs(
       it must be the one ``run_pair`` uses (identity, the default, resizes a differently
       sized IR).
     * ``max_side``: both images are first shrunk so that their longer side is at most this.
-    * ``labels_dir`` (YOLO ``<stem>.txt``; pairs without a file are not labelled) with
-      ``detection_classes``: detection mAP (COCO protocol) of ``PairOutput.detections``.
+    * ``labels_dir`` (YOLO ``<stem>.txt``; pairs without a file are not labelled) or
+      ``ground_truth`` (``truth(stem, width, height) -> {"boxes", "labels"}`` or None for an
+      unlabelled pair, e.g. :func:`split_pairs`' merged labels), with ``detection_classes``:
+      detection mAP (COCO protocol) of ``PairOutput.detections``.
     * ``masks_dir`` (same names as the IR images; values mapped by ``mask_map``, see
       :func:`mask_to_labels`) with ``segmentation_classes``: IoU of ``PairOutput.seg_labels``.
     * ``on_output(pair, output)`` is called after each ``run_pair`` (to save or keep images).
@@ -280,9 +306,13 @@ def score_pairs(
             LOG.warning("--masks given but the bundle has no segmentation head; skipped")
         else:
             confusion = ConfusionMatrix(len(segmentation_classes))
-    if labels_dir is not None and (not has_model or detection_classes is None):
-        LOG.warning("--labels given but there is no model with a detection head; skipped")
-        labels_dir = None
+    if labels_dir is not None:
+        if ground_truth is not None:
+            raise EvaluationError("give labels_dir or ground_truth, not both")
+        ground_truth = yolo_truth(labels_dir)
+    if ground_truth is not None and (not has_model or detection_classes is None):
+        LOG.warning("labels given but there is no model with a detection head; skipped")
+        ground_truth = None
 
     for pair in pairs:
         try:
@@ -336,11 +366,11 @@ def score_pairs(
                 row["total_ms"] = output.total_ms
             per_method_rows[name].append(row)
             result.rows.append(row)
-        if output is not None and labels_dir is not None:
-            label_path = labels_dir / f"{pair.stem}.txt"
-            if label_path.is_file():  # no file: image not labelled; empty file: no objects
-                height, width = visible_bgr.shape[:2]
-                truths.append(yolo_to_xyxy(label_path.read_text().splitlines(), width, height))
+        if output is not None and ground_truth is not None:
+            height, width = visible_bgr.shape[:2]
+            truth = ground_truth(pair.stem, width, height)
+            if truth is not None:  # None (no file): not labelled; empty file: no objects
+                truths.append(truth)
                 predictions.append(detections_to_entry(output.detections))
         if output is not None and confusion is not None:
             mask_path = metrics.find_pair_file(masks_dir, pair.name)
@@ -362,9 +392,10 @@ def score_pairs(
         if inference_ms:
             result.timing["inference_ms"] = report.percentiles(inference_ms)
         result.timing["total_ms"] = report.percentiles(total_ms)
-    if labels_dir is not None:
+    if ground_truth is not None:
         result.detection = detection_map(predictions, truths, list(detection_classes or []))
         result.detection["labelled_images"] = len(truths)
+        result.detection["ground_truth"] = getattr(ground_truth, "description", "custom")
     if confusion is not None:
         result.segmentation = segmentation_summary(confusion, segmentation_classes or [])
     return result
