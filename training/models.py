@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +27,7 @@ from torchvision.ops import FeaturePyramidNetwork, batched_nms
 from torchvision.ops.misc import Conv2dNormActivation
 
 from training.colour import ycrcb_to_rgb
+from training.yolox import YOLOX_STRIDES, YoloxNano, load_yolox_nano_onnx
 
 # Class lists: the one place they are defined (MSRS YOLO ids 0, 1, 2 -> detection ids 0, 1, 2;
 # segmentation id = detection id + 1, 0 is background).
@@ -38,6 +41,9 @@ SEGMENTATION_PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 DETECTOR_STRIDES: tuple[int, ...] = (8, 16, 32)
 FUSION_NAMES: tuple[str, ...] = ("paper", "realtime")
+# Detector architectures (config ``detector.arch``; architecture dict ``detector.arch``, absent =
+# "fcos" so checkpoints and bundles written before YOLOX load unchanged) -> bundle head name.
+DETECTOR_ARCHS: dict[str, str] = {"fcos": "fcos", "yolox_nano": "yolox"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,8 +356,56 @@ class FCOSDetector(nn.Module):
         return self.head(list(pyramid.values()))
 
 
-def build_detector(num_classes: int) -> FCOSDetector:
-    return FCOSDetector(num_classes)
+class YoloxDetector(nn.Module):
+    """YOLOX-Nano (:mod:`training.yolox`) on the same RGB [0, 1] image the FCOS detector sees.
+
+    YOLOX was trained on BGR 0-255: the conversion (channel flip, x 255) is the first op of
+    ``forward``, so it is inside the exported graph and differentiable (the bi-level loop's
+    gradients reach the fused Y through it). forward(rgb) -> [(reg, obj, cls) per stride], the
+    raw tensors of ``bundle.YoloxLevel`` (dx, dy, log w, log h; objectness and class logits).
+    """
+
+    strides: tuple[int, ...] = YOLOX_STRIDES
+    head = "yolox"
+
+    def __init__(self, num_classes: int, net: YoloxNano | None = None) -> None:
+        super().__init__()
+        self.net = net if net is not None else YoloxNano(num_classes)
+        if self.net.num_classes != num_classes:
+            raise ValueError(f"YOLOX net has {self.net.num_classes} classes, not {num_classes}")
+        self.num_classes = int(num_classes)
+
+    def forward(self, rgb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        bgr = rgb.flip(1) * 255.0
+        return [(reg, obj, cls) for reg, obj, cls in self.net(bgr)]
+
+
+def build_detector(
+    num_classes: int,
+    arch: str = "fcos",
+    pretrained: str | Path | None = None,
+    keep_classes: Sequence[int] | None = None,
+) -> nn.Module:
+    """``fcos``: the compact FCOS detector (fresh). ``yolox_nano``: YOLOX-Nano, from the COCO
+    ONNX file ``pretrained`` (sha256 checked) with the class rows ``keep_classes`` (COCO ids,
+    one per detection class), or fresh without a file (e.g. to load a checkpoint into)."""
+    if arch == "fcos":
+        if pretrained:
+            raise ValueError("the fcos detector has no pretrained file")
+        return FCOSDetector(num_classes)
+    if arch == "yolox_nano":
+        if pretrained:
+            keep = list(keep_classes) if keep_classes is not None else list(range(num_classes))
+            if len(keep) != num_classes:
+                raise ValueError(f"keep_classes {keep} must list {num_classes} COCO ids")
+            return YoloxDetector(num_classes, load_yolox_nano_onnx(pretrained, keep).train())
+        return YoloxDetector(num_classes)
+    raise ValueError(f"detector arch must be one of {sorted(DETECTOR_ARCHS)}, got {arch!r}")
+
+
+def detector_head(detector: nn.Module) -> str:
+    """The bundle head name of a detector module (``fcos`` unless it says otherwise)."""
+    return str(getattr(detector, "head", "fcos"))
 
 
 def level_anchor_points(
@@ -458,6 +512,7 @@ class Architecture:
     fusion: str
     detector_classes: int | None
     segmenter_classes: int | None
+    detector_arch: str = "fcos"
 
     @classmethod
     def from_dict(cls, architecture: dict[str, Any]) -> Architecture:
@@ -466,17 +521,28 @@ class Architecture:
             raise ValueError(f"architecture.fusion must be one of {FUSION_NAMES}, got {fusion!r}")
         detector = architecture.get("detector")
         segmenter = architecture.get("segmenter")
+        arch = str(detector.get("arch", "fcos")) if detector else "fcos"
+        if arch not in DETECTOR_ARCHS:
+            raise ValueError(f"architecture.detector.arch must be one of {sorted(DETECTOR_ARCHS)}")
         return cls(
             fusion=fusion,
             detector_classes=int(detector["num_classes"]) if detector else None,
             segmenter_classes=int(segmenter["num_classes"]) if segmenter else None,
+            detector_arch=arch,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "fusion": self.fusion,
+            # "arch" only when not fcos: FCOS architecture dicts stay as they always were
             "detector": (
-                {"num_classes": self.detector_classes} if self.detector_classes else None
+                (
+                    {"num_classes": self.detector_classes}
+                    if self.detector_arch == "fcos"
+                    else {"num_classes": self.detector_classes, "arch": self.detector_arch}
+                )
+                if self.detector_classes
+                else None
             ),
             "segmenter": (
                 {"num_classes": self.segmenter_classes} if self.segmenter_classes else None
@@ -487,14 +553,15 @@ class Architecture:
 class ExportModel(nn.Module):
     """The one graph of a bundle: forward(ir, visible_ycrcb) -> outputs in bundle order.
 
-    fused_y, then (cls, box, ctr) per detector stride, then seg_logits. The semantic networks
+    fused_y, then per detector stride (cls, box, ctr) for FCOS or (reg, obj, cls) for YOLOX
+    (``bundle.FcosLevel`` / ``YoloxLevel`` order), then seg_logits. The semantic networks
     see rgb = ycrcb_to_rgb(cat(fused_y, visible CrCb)), as the runtime's colour restore makes.
     """
 
     def __init__(
         self,
         fusion: nn.Module,
-        detector: FCOSDetector | None,
+        detector: nn.Module | None,
         segmenter: nn.Module | None,
         architecture: dict[str, Any],
     ) -> None:
@@ -502,7 +569,11 @@ class ExportModel(nn.Module):
         parsed = Architecture.from_dict(architecture)
         # the architecture dict is what rebuilds this module from model.pt: it must match
         if (detector is None) != (parsed.detector_classes is None) or (
-            detector is not None and detector.num_classes != parsed.detector_classes
+            detector is not None
+            and (
+                detector.num_classes != parsed.detector_classes
+                or detector_head(detector) != DETECTOR_ARCHS[parsed.detector_arch]
+            )
         ):
             raise ValueError(f"detector does not match architecture {architecture!r}")
         if (segmenter is None) != (parsed.segmenter_classes is None) or (
@@ -520,7 +591,7 @@ class ExportModel(nn.Module):
     def from_parts(
         cls,
         fusion: nn.Module,
-        detector: FCOSDetector | None,
+        detector: nn.Module | None,
         segmenter: nn.Module | None,
         architecture: dict[str, Any],
     ) -> ExportModel:
@@ -530,8 +601,12 @@ class ExportModel(nn.Module):
     def output_names(self) -> list[str]:
         names = ["fused_y"]
         if self.detector is not None:
+            parts = (
+                ("reg", "obj", "cls") if detector_head(self.detector) == "yolox"
+                else ("cls", "box", "ctr")
+            )
             for stride in self.detector.strides:
-                names += [f"det_cls_s{stride}", f"det_box_s{stride}", f"det_ctr_s{stride}"]
+                names += [f"det_{part}_s{stride}" for part in parts]
         if self.segmenter is not None:
             names.append("seg_logits")
         return names
@@ -543,8 +618,8 @@ class ExportModel(nn.Module):
             return tuple(outputs)
         rgb = ycrcb_to_rgb(torch.cat((fused_y, visible_ycrcb[:, 1:]), dim=1))
         if self.detector is not None:
-            for cls, box, ctr in self.detector(rgb):
-                outputs += [cls, box, ctr]
+            for level in self.detector(rgb):
+                outputs += list(level)
         if self.segmenter is not None:
             outputs.append(self.segmenter(rgb))
         return tuple(outputs)
@@ -553,7 +628,11 @@ class ExportModel(nn.Module):
 def build_export_model(architecture: dict[str, Any]) -> ExportModel:
     """Fresh (untrained) ExportModel from {"fusion": ..., "detector": ..., "segmenter": ...}."""
     parsed = Architecture.from_dict(architecture)
-    detector = build_detector(parsed.detector_classes) if parsed.detector_classes else None
+    detector = (
+        build_detector(parsed.detector_classes, parsed.detector_arch)
+        if parsed.detector_classes
+        else None
+    )
     segmenter = build_segmenter(parsed.segmenter_classes) if parsed.segmenter_classes else None
     return ExportModel(build_fusion(parsed.fusion), detector, segmenter, architecture)
 
