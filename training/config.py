@@ -24,6 +24,7 @@ import yaml
 
 from ros2_bilevel_fusion.core.bundle import DetectionSpec
 from training.losses import FusionLossWeights
+from training.models import DETECTOR_ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("bilevel", "joint", "fusion_only")
@@ -94,6 +95,18 @@ class DataConfig:
     msrs_repeat: int = 1
     labelled_crop: int | None = None
     labelled_scale_range: list[float] | None = None
+    # Merged boxes (ground_truth.merge_annotations) instead of one folder: msrs_labels is then
+    # the folder holding one YOLO folder per name listed here (e.g. [fusion, infrared,
+    # visible]); null = the single folder msrs_labels.
+    msrs_label_annotations: list[str] | None = None
+    # Extra labelled pool from a named split of ros2_bilevel_fusion.evaluation.splits (only a
+    # ":train" split is accepted, e.g. "msrs_det:train"), merged labels of
+    # msrs_label_annotations (null = fusion, infrared, visible), listed msrs_det_repeat times.
+    msrs_det_split: str | None = None
+    msrs_det_repeat: int = 1
+    # Extra semantic evaluation set (e.g. "msrs_det:val", where thresholds and checkpoints are
+    # chosen), merged labels, full size; logged as eval/<split name with ':' -> '_'>/...
+    msrs_det_eval_split: str | None = None
 
 
 @dataclass
@@ -106,6 +119,24 @@ class EvalConfig:
     score_metrics: list[str] = field(
         default_factory=lambda: ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"]
     )
+
+
+@dataclass
+class DetectorConfig:
+    """The detector network (``training.models.build_detector``).
+
+    ``arch``: ``fcos`` (the compact FCOS detector, trained from scratch; the default, so configs
+    without this section are unchanged) or ``yolox_nano`` (YOLOX-Nano, bundle head ``yolox``).
+    ``pretrained`` (relative to the repository root): the YOLOX-Nano COCO ONNX file whose
+    weights start the detector (sha256 checked; its name, sha256 and Apache-2.0 licence go into
+    checkpoint and bundle provenance); null = fresh weights (or those of ``init_from``).
+    ``keep_classes``: the COCO ids kept as the detection classes, one per
+    ``models.DETECTION_CLASSES`` entry (person, bicycle, car = COCO 0, 1, 2).
+    """
+
+    arch: str = "fcos"
+    pretrained: str | None = None
+    keep_classes: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 @dataclass
@@ -148,6 +179,7 @@ class TrainConfig:
     # semantic heads fine-tuned on a frozen bi-level fusion net (configs/default_semantic.yaml).
     # Unlike --resume, which continues the same run exactly.
     init_from: str | None = None
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -215,6 +247,17 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError("data.labelled_crop must be a multiple of 32 (the detector's stride)")
     if int(config.data.msrs_repeat) < 1:
         raise ValueError("data.msrs_repeat must be >= 1")
+    if config.detector.arch not in DETECTOR_ARCHS:
+        raise ValueError(
+            f"detector.arch {config.detector.arch!r} not in {sorted(DETECTOR_ARCHS)}"
+        )
+    if config.detector.arch == "fcos" and config.detector.pretrained:
+        raise ValueError("detector.pretrained is only for detector.arch yolox_nano")
+    split = config.data.msrs_det_split
+    if split is not None and not str(split).endswith(":train"):
+        raise ValueError(f"data.msrs_det_split must be a ':train' split, got {split!r}")
+    if int(config.data.msrs_det_repeat) < 1:
+        raise ValueError("data.msrs_det_repeat must be >= 1")
     if "tno" in config.data.fusion_sets:
         raise ValueError("tno is the evaluation set; it must not be a training set")
     return config

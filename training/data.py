@@ -11,12 +11,14 @@ The data sets themselves are :mod:`training.datasets` and :mod:`training.synthet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import ConcatDataset, Dataset
 
+from ros2_bilevel_fusion.evaluation.ground_truth import MSRS_ANNOTATIONS
+from ros2_bilevel_fusion.evaluation.splits import split_folder, split_names
 from training import datasets
 from training.config import REPO_ROOT, TrainConfig
 from training.synthetic import SyntheticPairs
@@ -33,6 +35,8 @@ class TrainingData:
     synthetic_eval: Dataset | None
     fusion_eval_folder: Path | None
     provenance: dict[str, Any]
+    # more semantic evaluation sets (data.msrs_det_eval_split), logged as eval/<key>/...
+    extra_eval: dict[str, Dataset] = field(default_factory=dict)
 
 
 def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData:
@@ -80,6 +84,7 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
             msrs,
             names=names,
             labels_dir=dcfg.msrs_labels,
+            label_annotations=dcfg.msrs_label_annotations,
             masks_dir="masks",
             mask_map=datasets.MSRS_MASK_MAP,
             # Person-only masks: pixels of unlabelled classes (bicycle, car) are unknown.
@@ -95,6 +100,33 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         # The same PairFolder repeated: each listing draws its own random crop per access.
         labelled_parts.extend([part] * msrs_repeat)
         counts["labelled/msrs"] = len(part) * msrs_repeat
+    annotations = list(dcfg.msrs_label_annotations or MSRS_ANNOTATIONS)
+
+    def split_pairs(split: str, *, train: bool) -> datasets.PairFolder:
+        names = split_names(split, root)
+        if train:
+            leaked = set(names) & set(eval_names)
+            if leaked:  # the split definitions exclude them; a guard, not a filter
+                raise RuntimeError(f"{split} holds held-out MSRS names {sorted(leaked)}")
+        return datasets.PairFolder(
+            split_folder(split, root), names=names, labels_dir="labels",
+            label_annotations=annotations, crop=labelled_crop, train=train,
+            scale_range=labelled_scale_range,
+        )
+
+    det_split = dcfg.msrs_det_split
+    det_names: list[str] = []
+    if det_split:
+        part = split_pairs(str(det_split), train=True)
+        det_names = list(part.names)
+        labelled_parts.extend([part] * int(dcfg.msrs_det_repeat))
+        counts[f"labelled/{det_split}"] = len(part) * int(dcfg.msrs_det_repeat)
+    extra_eval: dict[str, Dataset] = {}
+    if dcfg.msrs_det_eval_split:
+        eval_split = str(dcfg.msrs_det_eval_split)
+        if eval_split.endswith(":train") or eval_split.endswith(":test"):
+            raise ValueError(f"data.msrs_det_eval_split {eval_split!r}: use a val split")
+        extra_eval[eval_split.replace(":", "_")] = split_pairs(eval_split, train=False)
     n_synthetic = int(dcfg.synthetic_train or 0)
     if n_synthetic:
         labelled_parts.append(
@@ -122,6 +154,7 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         msrs_eval=msrs_eval,
         synthetic_eval=synthetic_eval,
         fusion_eval_folder=fusion_eval_folder,
+        extra_eval=extra_eval,
         provenance={
             "root": str(dcfg.root),
             "counts": counts,
@@ -133,5 +166,11 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
                 "seeds": [dcfg.synthetic_seed_train, dcfg.synthetic_seed_eval],
             },
             "fusion_eval_folder": folder,
+            **(
+                {"msrs_det_split": det_split, "msrs_det_train_names": det_names,
+                 "msrs_det_eval_split": dcfg.msrs_det_eval_split,
+                 "label_annotations": annotations}
+                if det_split or dcfg.msrs_det_eval_split else {}
+            ),
         },
     )

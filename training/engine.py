@@ -54,14 +54,19 @@ from training.distributed import (
     set_rng_state,
 )
 from training.evaluation import evaluate
+from training.export import checkpoint_from_bundle
 from training.models import (
     DETECTION_CLASSES,
     SEGMENTATION_CLASSES,
+    Architecture,
     build_detector,
     build_discriminator,
     build_fusion,
     build_segmenter,
+    detector_head,
 )
+from training.yolox import provenance as yolox_provenance
+from training.yolox_loss import yolox_loss
 
 CRITIC_GP_WEIGHT = 10.0  # WGAN-GP's lambda (Gulrajani et al.), as losses.critic_loss uses
 
@@ -131,8 +136,18 @@ class Trainer:
         self.nets: dict[str, nn.Module] = {}
         if "discriminator" in self.active:
             self.nets["discriminator"] = build_discriminator()
+        self.detector_provenance: dict[str, str] = {}
         if "detector" in self.active:
-            self.nets["detector"] = build_detector(len(DETECTION_CLASSES))
+            dcfg = config.detector
+            pretrained = REPO_ROOT / str(dcfg.pretrained) if dcfg.pretrained else None
+            self.nets["detector"] = build_detector(
+                len(DETECTION_CLASSES), dcfg.arch, pretrained, list(dcfg.keep_classes)
+            )
+            if pretrained is not None:
+                self.detector_provenance = {
+                    **yolox_provenance(pretrained),
+                    "pretrained_detector_keep_classes": [int(c) for c in dcfg.keep_classes],
+                }
         if "segmenter" in self.active:
             self.nets["segmenter"] = build_segmenter(len(SEGMENTATION_CLASSES))
         broadcast_module(self.fusion, self.info)
@@ -212,6 +227,10 @@ class Trainer:
                 {"boxes": b, "labels": lab}
                 for b, lab in zip(batch["boxes"], batch["labels"], strict=True)
             ]
+            if detector_head(detector) == "yolox":
+                return _loss_value(
+                    yolox_loss(detector(rgb), targets, detector.strides, rgb.shape[-2:])
+                )
             return _loss_value(
                 losses.detection_loss(detector(rgb), targets, detector.strides, rgb.shape[-2:])
             )
@@ -435,12 +454,18 @@ class Trainer:
         det = self.nets.get("detector")
         seg = self.nets.get("segmenter")
         disc = self.nets.get("discriminator")
+        det_arch = None
+        if det is not None:
+            det_arch = {"num_classes": det.num_classes}
+            if self.config.detector.arch != "fcos":  # FCOS dicts stay as they always were
+                det_arch["arch"] = self.config.detector.arch
         return {
             "architecture": {
                 "fusion": self.config.fusion,
-                "detector": {"num_classes": det.num_classes} if det is not None else None,
+                "detector": det_arch,
                 "segmenter": {"num_classes": seg.num_classes} if seg is not None else None,
             },
+            "detector_provenance": dict(self.detector_provenance),
             "fusion": self.fusion.state_dict(),
             "detector": det.state_dict() if det is not None else None,
             "segmenter": seg.state_dict() if seg is not None else None,
@@ -469,15 +494,35 @@ class Trainer:
         ``require_all``: every module of this run must be in the checkpoint (exact resume);
         otherwise a module the checkpoint lacks keeps its fresh initialisation.
         """
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        path = Path(path)
+        if path.suffix == ".pt" and (path.parent / "model.yaml").is_file():
+            # a bundle's TorchScript file (e.g. init_from: models/default/model.pt)
+            state = checkpoint_from_bundle(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=False)
         if state["architecture"]["fusion"] != self.config.fusion:
             raise ValueError(
                 f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
             )
         self.fusion.load_state_dict(state["fusion"])
+        saved_detector = state["architecture"].get("detector")
+        saved_arch = Architecture.from_dict(
+            {"fusion": self.config.fusion, "detector": saved_detector}
+        ).detector_arch
         for k, net in self.nets.items():
+            if k == "detector" and saved_detector and saved_arch != self.config.detector.arch:
+                # another detector architecture (stage 2 YOLOX from a FCOS bundle): keep this
+                # run's detector (pretrained or fresh); resuming needs the same one
+                if require_all:
+                    raise ValueError(
+                        f"checkpoint detector {saved_arch!r} is not {self.config.detector.arch!r}"
+                    )
+                continue
             if state.get(k) is not None:
                 net.load_state_dict(state[k])
+                if k == "detector" and state.get("detector_provenance"):
+                    # the loaded weights descend from that pretrained file
+                    self.detector_provenance = dict(state["detector_provenance"])
             elif require_all:
                 raise ValueError(f"checkpoint has no weights for {k}")
         return state

@@ -29,7 +29,11 @@ import torch
 from torch import nn
 
 from ros2_bilevel_fusion.core.bundle import ModelBundle
-from ros2_bilevel_fusion.core.processing import fused_to_u8, prepare_inputs
+from ros2_bilevel_fusion.core.processing import (
+    decode_detections,
+    fused_to_u8,
+    prepare_inputs,
+)
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation.folder import (
     PairOutput,
@@ -40,8 +44,13 @@ from ros2_bilevel_fusion.evaluation.folder import (
 from ros2_bilevel_fusion.evaluation.report import CDDFUSE_TNO_PUBLISHED
 from ros2_bilevel_fusion.evaluation.semantic_metrics import ConfusionMatrix, detection_map
 from training.colour import colour_image
-from training.export import runtime_spec
-from training.models import DETECTION_CLASSES, SEGMENTATION_CLASSES, decode_detections_torch
+from training.export import detection_spec, runtime_spec
+from training.models import (
+    DETECTION_CLASSES,
+    SEGMENTATION_CLASSES,
+    decode_detections_torch,
+    detector_head,
+)
 
 if TYPE_CHECKING:
     from training.config import EvalConfig
@@ -107,6 +116,37 @@ def reference_score(metrics: dict[str, float], names: list[str]) -> float:
 
 
 @torch.no_grad()
+def detect(
+    detector: nn.Module, rgb: torch.Tensor, score_threshold: float = 0.05
+) -> list[dict[str, np.ndarray]]:
+    """Boxes of a detector on RGB [N, 3, H, W] in [0, 1]: {boxes xyxy, scores, labels} per image.
+
+    FCOS: ``models.decode_detections_torch`` (as before). YOLOX: the raw outputs, named as the
+    bundle names them (``export.detection_spec``), through the runtime's own numpy decode
+    (``core.processing.decode_detections``), so there is one YOLOX decode; NMS IoU 0.5 and 100
+    boxes, as the FCOS path."""
+    outputs = detector(rgb)
+    if detector_head(detector) != "yolox":
+        decoded = decode_detections_torch(
+            outputs, detector.strides, score_threshold=score_threshold
+        )
+        return [{k: v.numpy() for k, v in d.items()} for d in decoded]
+    spec = detection_spec(detector)
+    names = spec.output_names
+    flat = [t for level in outputs for t in level]
+    results = []
+    for image in range(rgb.shape[0]):
+        arrays = {n: t[image : image + 1].numpy() for n, t in zip(names, flat, strict=True)}
+        found = decode_detections(
+            arrays, spec, tuple(rgb.shape[-2:]), score_threshold, 0.5, 100
+        )
+        results.append(
+            {"boxes": found.boxes, "scores": found.scores, "labels": found.class_ids}
+        )
+    return results
+
+
+@torch.no_grad()
 def evaluate_semantic(
     fusion: nn.Module,
     detector: nn.Module | None,
@@ -130,10 +170,7 @@ def evaluate_semantic(
         fused = fusion(ir, ycrcb[:, :1])
         rgb = colour_image(fused, ycrcb)
         if detector is not None:
-            decoded = decode_detections_torch(
-                detector(rgb), detector.strides, score_threshold=score_threshold
-            )[0]
-            predictions.append({k: v.numpy() for k, v in decoded.items()})
+            predictions.append(detect(detector, rgb, score_threshold)[0])
             truths.append({"boxes": item["boxes"].numpy(), "labels": item["labels"].numpy()})
         if segmenter is not None and bool(item["has_mask"]):
             labels = segmenter(rgb)[0].argmax(0).numpy()
@@ -174,7 +211,9 @@ def evaluate(
         out.update({f"eval/fusion/{k}": v for k, v in metrics.items()})
         out["score"] = reference_score(metrics, list(config.score_metrics))
     if config.semantic and (detector is not None or segmenter is not None):
-        for label, dataset in (("msrs", data.msrs_eval), ("synthetic", data.synthetic_eval)):
+        sets = [("msrs", data.msrs_eval), ("synthetic", data.synthetic_eval)]
+        sets += list(getattr(data, "extra_eval", {}).items())
+        for label, dataset in sets:
             if dataset is None:
                 continue
             scores = evaluate_semantic(fusion, detector, segmenter, dataset)

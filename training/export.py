@@ -43,6 +43,7 @@ from ros2_bilevel_fusion.core.bundle import (
     InputSpec,
     ModelBundle,
     SegmentationSpec,
+    YoloxLevel,
     load_bundle,
     save_bundle,
 )
@@ -55,6 +56,7 @@ from training.models import (
     build_export_model,
     build_fusion,
     build_segmenter,
+    detector_head,
 )
 
 INPUT_NAMES = ("ir", "visible_ycrcb")
@@ -85,7 +87,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> ExportModel:
     if architecture.get("detector"):
         if checkpoint.get("detector") is None:
             raise ValueError("architecture has a detector but the checkpoint has no weights")
-        detector = build_detector(int(architecture["detector"]["num_classes"]))
+        detector = build_detector(
+            int(architecture["detector"]["num_classes"]),
+            str(architecture["detector"].get("arch", "fcos")),
+        )
         detector.load_state_dict(checkpoint["detector"])
     if architecture.get("segmenter"):
         if checkpoint.get("segmenter") is None:
@@ -113,6 +118,60 @@ def runtime_spec(name: str = "training") -> ModelBundle:
     )
 
 
+def detection_spec(
+    detector: torch.nn.Module,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    nms_iou: float = DEFAULT_NMS_IOU,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
+) -> DetectionSpec:
+    """The bundle's detection section of a detector module: head ``fcos`` (FcosLevel) or
+    ``yolox`` (YoloxLevel), output names as ``ExportModel.output_names`` writes them. Training's
+    evaluation decodes YOLOX outputs with the runtime's decode through this same spec."""
+    num_classes = detector.num_classes
+    classes = (
+        DETECTION_CLASSES
+        if num_classes == len(DETECTION_CLASSES)
+        else tuple(f"class_{i}" for i in range(num_classes))
+    )
+    head = detector_head(detector)
+    if head == "yolox":
+        levels: tuple = tuple(
+            YoloxLevel(stride=s, reg=f"det_reg_s{s}", obj=f"det_obj_s{s}", cls=f"det_cls_s{s}")
+            for s in detector.strides
+        )
+    else:
+        levels = tuple(
+            DetectionLevel(stride=s, cls=f"det_cls_s{s}", box=f"det_box_s{s}", ctr=f"det_ctr_s{s}")
+            for s in detector.strides
+        )
+    return DetectionSpec(
+        classes=classes,
+        levels=levels,
+        score_threshold=float(score_threshold),
+        nms_iou=float(nms_iou),
+        max_detections=int(max_detections),
+        head=head,
+    )
+
+
+def checkpoint_from_bundle(torchscript_path: Path) -> dict[str, Any]:
+    """A trainer-checkpoint-shaped mapping (architecture + state dicts, nothing else) of a
+    bundle's TorchScript file, its architecture read from the sibling ``model.yaml``'s
+    provenance; what config ``init_from: models/default/model.pt`` loads, so a second stage can
+    start from a shipped bundle without the run folder that produced it."""
+    torchscript_path = Path(torchscript_path)
+    bundle = load_bundle(torchscript_path.parent / "model.yaml")
+    architecture = dict((bundle.provenance or {})["architecture"])
+    model = model_from_torchscript(torchscript_path, architecture)
+    return {
+        "architecture": model.architecture,
+        "fusion": model.fusion.state_dict(),
+        "detector": model.detector.state_dict() if model.detector is not None else None,
+        "segmenter": model.segmenter.state_dict() if model.segmenter is not None else None,
+        "source": {"bundle": str(torchscript_path), "name": bundle.name},
+    }
+
+
 def bundle_spec(
     model: ExportModel,
     onnx_path: Path,
@@ -124,26 +183,11 @@ def bundle_spec(
     nms_iou: float = DEFAULT_NMS_IOU,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
 ) -> ModelBundle:
-    detection = None
-    if model.detector is not None:
-        num_classes = model.detector.num_classes
-        classes = (
-            DETECTION_CLASSES
-            if num_classes == len(DETECTION_CLASSES)
-            else tuple(f"class_{i}" for i in range(num_classes))
-        )
-        detection = DetectionSpec(
-            classes=classes,
-            levels=tuple(
-                DetectionLevel(
-                    stride=s, cls=f"det_cls_s{s}", box=f"det_box_s{s}", ctr=f"det_ctr_s{s}"
-                )
-                for s in model.detector.strides
-            ),
-            score_threshold=float(score_threshold),
-            nms_iou=float(nms_iou),
-            max_detections=int(max_detections),
-        )
+    detection = (
+        detection_spec(model.detector, score_threshold, nms_iou, max_detections)
+        if model.detector is not None
+        else None
+    )
     segmentation = None
     if model.segmenter is not None:
         num_classes = model.segmenter.num_classes
@@ -295,6 +339,8 @@ def checkpoint_provenance(checkpoint: dict[str, Any], checkpoint_path: Path) -> 
     }
     if "data" in checkpoint:
         provenance["data"] = checkpoint["data"]
+    # a pretrained detector's file, sha256 and licence (training.yolox.provenance()), top level
+    provenance.update(checkpoint.get("detector_provenance") or {})
     metrics = {
         k: float(v) for k, v in (checkpoint.get("metrics") or {}).items()
         if isinstance(v, (int, float)) and math.isfinite(v)
