@@ -34,6 +34,7 @@ from rosbags.typesys.store import Typestore
 
 from ros2_bilevel_fusion.messages import codec
 from ros2_bilevel_fusion.messages.stamps import ns_to_sec_nanosec, set_stamp
+from ros2_bilevel_fusion.messages.strict_json import write_json
 
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_MSGTYPE = "sensor_msgs/msg/CompressedImage"
@@ -304,7 +305,7 @@ def write_label_sidecar(bag: Path, labels: dict[int, list[dict[str, float]]]) ->
     """Write ``labels.json`` into the bag folder (keys: visible header stamps in ns)."""
     path = label_sidecar_path(bag)
     payload = {str(int(stamp)): boxes for stamp, boxes in sorted(labels.items())}
-    path.write_text(json.dumps(payload, indent=1))
+    write_json(path, payload)
     return path
 
 

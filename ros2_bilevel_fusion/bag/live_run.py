@@ -43,6 +43,7 @@ from ros2_bilevel_fusion.bag.bagio import (
     find_input_topics,
 )
 from ros2_bilevel_fusion.bag.recorder import NODE_NAME, OutputRecorder, Record, output_topics
+from ros2_bilevel_fusion.messages import strict_json
 
 LOG = logging.getLogger("fusion-live-run")
 
@@ -482,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     except LiveRunError as exc:
         LOG.error("%s", exc)
         return 1
-    print(json.dumps(result_summary(result), indent=1))
+    print(strict_json.dumps(result_summary(result), indent=1))
     return 0
 
 

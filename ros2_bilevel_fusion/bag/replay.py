@@ -15,7 +15,6 @@ a given rclpy node (so tests can run it in-process) and :func:`main` is the comm
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 
 from ros2_bilevel_fusion.bag.bagio import BagError, BagMessage, bag_topics, raw_to_rclpy, read_bag
 from ros2_bilevel_fusion.messages.stamps import header_stamp_ns, set_stamp
+from ros2_bilevel_fusion.messages.strict_json import write_json
 
 LOG = logging.getLogger("fusion-replay")
 
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.timing_error_ms_p95,
     )
     if args.summary_json is not None:
-        args.summary_json.write_text(json.dumps(asdict(summary), indent=1))
+        write_json(args.summary_json, asdict(summary))
     return 0
 
 

@@ -14,7 +14,6 @@ seconds, then writes into ``--out``:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import shutil
@@ -44,6 +43,7 @@ from ros2_bilevel_fusion.bag.replay import loop_period_ns
 from ros2_bilevel_fusion.core import resources
 from ros2_bilevel_fusion.core.bundle import BundleError, load_bundle
 from ros2_bilevel_fusion.messages.codec import ImageCodecError, message_to_array
+from ros2_bilevel_fusion.messages.strict_json import write_json
 
 LOG = logging.getLogger("fusion-demo")
 
@@ -244,11 +244,11 @@ def run_demo(options: DemoOptions) -> tuple[str, dict[str, Any]]:
     written = write_images(result, out, options.max_pngs)
     (out / OVERVIEW).unlink(missing_ok=True)
     overview = write_overview(result, options.bag, out / OVERVIEW)
-    (out / "detections.json").write_text(json.dumps(detections_document(result), indent=1))
+    write_json(out / "detections.json", detections_document(result))
     summary = result_summary(result)
     summary.update(loops=loops, pass_s=pass_s, bag=str(options.bag), bundle=str(options.bundle),
                    pngs=written)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     model = {"name": bundle.name, "note": str(bundle.provenance.get("note", ""))}
     report = render_report(result, options, summary, written, model, overview)
     (out / "report.md").write_text(report)

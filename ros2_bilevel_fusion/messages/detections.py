@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ros2_bilevel_fusion.messages.stamps import dict_to_ns, ns_to_sec_nanosec, stamp_to_ns
+from ros2_bilevel_fusion.messages.strict_json import dumps
 
 
 def class_name_of(class_id: int, class_names: Sequence[str]) -> str:
@@ -120,7 +121,7 @@ class DetectionsJson:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+        return dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> DetectionsJson:
