@@ -514,3 +514,165 @@ def test_input_topics_are_checked_by_type(tmp_path) -> None:
     # Frames read from a compressed topic decode like the node decodes them.
     frames = bag_mode.read_bag_frames(bag, f"{USER_VISIBLE_TOPIC}/compressed", grey=False)
     assert len(frames) == 1 and frames[0].image.shape == (120, 160, 3)
+
+
+# --------------------------------------------------------------------------- detector settings,
+# COCO files and strict JSON
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def _rescore_with_pycocotools(out: Path, max_dets: int) -> dict[str, float]:
+    """mAP@0.5, mAP@0.5:0.95 and person AP@0.5 from the two written files, by pycocotools alone
+    (COCOeval's own summarize formula: mean of the precision entries > -1)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(out / "ground_truth_coco.json"))
+        detections = truth.loadRes(str(out / "detections_coco.json"))
+        evaluator = COCOeval(truth, detections, iouType="bbox")
+        evaluator.params.maxDets = [1, 10, max_dets]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # area all, last maxDets
+    person = truth.getCatIds(catNms=["person"])[0]
+    at_50 = precision[0]  # iouThrs[0] == 0.5
+    person_50 = at_50[:, evaluator.params.catIds.index(person)]
+    return {
+        "mAP50": float(evaluator.stats[1]),  # summarize's AP@0.5 at maxDets[2]
+        "mAP50_95": float(np.mean(precision[precision > -1])),
+        "person": float(np.mean(person_50[person_50 > -1])),
+    }
+
+
+def test_nms_iou_and_max_detections_override_the_bundle_and_the_coco_files_rescore(
+    shared_data, tmp_path
+) -> None:
+    """The shipped bundle on 6 real msrs_det:test pairs at score threshold 0.01: the cap decides
+    how many boxes each image keeps; the written COCO files give the reported mAP in
+    pycocotools; without the flags the summary records the bundle's model.yaml values."""
+    if not (DEFAULT_BUNDLE / "model.yaml").is_file():
+        pytest.skip("models/default is not present")
+    from ros2_bilevel_fusion.core.bundle import load_bundle
+
+    common = ["folder", "--bundle", str(DEFAULT_BUNDLE), "--split", "msrs_det:test",
+              "--data-root", str(shared_data), "--limit", "6", "--score-threshold", "0.01"]
+    out = tmp_path / "override"
+    assert evaluate.main([*common, "--nms-iou", "0.6", "--max-detections", "150",
+                          "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    post = summary["postprocess"]
+    assert (post["score_threshold"], post["nms_iou"], post["max_detections"]) == (0.01, 0.6, 150)
+    assert post["nms_iou_source"] == post["max_detections_source"] == "command line"
+    detection = summary["detection"]
+    assert detection["max_dets"] == 150 and detection["labelled_images"] == 6
+    assert summary["files"] == {"ground_truth_coco": "ground_truth_coco.json",
+                                "detections_coco": "detections_coco.json"}
+
+    results = json.loads((out / "detections_coco.json").read_text())
+    per_image = np.bincount([r["image_id"] for r in results])[1:]
+    # At 0.01 the model has more than 100 candidates per image after NMS: the cap keeps 150.
+    assert per_image.max() == 150 and per_image.min() > 100
+    assert set(results[0]) == {"image_id", "category_id", "bbox", "score"}
+    truth = json.loads((out / "ground_truth_coco.json").read_text())
+    assert [c["name"] for c in truth["categories"]] == ["person", "bicycle", "car"]
+    assert len(truth["images"]) == 6 and len(truth["annotations"]) == detection["num_ground_truths"]
+    assert all(image["width"] == 640 and image["height"] == 480 for image in truth["images"])
+    assert len(results) == detection["num_predictions"] == int(per_image.sum())
+
+    rescored = _rescore_with_pycocotools(out, detection["max_dets"])
+    assert rescored["mAP50"] == pytest.approx(detection["mAP50"], abs=1e-12)
+    assert rescored["mAP50_95"] == pytest.approx(detection["mAP50_95"], abs=1e-12)
+    assert rescored["person"] == pytest.approx(detection["per_class_AP50"]["person"], abs=1e-12)
+    assert 0.0 < detection["mAP50"] <= 1.0
+
+    default_out = tmp_path / "bundle_values"
+    assert evaluate.main([*common, "--out", str(default_out)]) == 0
+    post = json.loads((default_out / "summary.json").read_text())["postprocess"]
+    spec = load_bundle(DEFAULT_BUNDLE).detection
+    assert post["nms_iou"] == spec.nms_iou and post["max_detections"] == spec.max_detections
+    assert post["nms_iou_source"] == post["max_detections_source"] == "bundle"
+    default_results = json.loads((default_out / "detections_coco.json").read_text())
+    assert max(np.bincount([r["image_id"] for r in default_results])) <= spec.max_detections
+
+
+def test_out_of_range_detector_flags_are_messages(fixture_bundle, shared_data, tmp_path) -> None:
+    for flags in (["--nms-iou", "1.5"], ["--max-detections", "0"]):
+        code = evaluate.main(["folder", "--bundle", str(fixture_bundle), "--split",
+                              "msrs_det:test", "--data-root", str(shared_data), "--limit", "1",
+                              *flags, "--out", str(tmp_path / "bad")])
+        assert code == 2
+
+
+def test_labels_dir_with_annotation_subfolders_is_merged(fixture_bundle, shared_data, tmp_path):
+    """--labels msrs_det/labels (fusion/ infrared/ visible/) scores against the merged truth,
+    exactly the boxes --split uses; --labels msrs_det/labels/fusion against that one file."""
+    from ros2_bilevel_fusion.evaluation.ground_truth import labels_truth, merged_truth, yolo_truth
+
+    labels = shared_data / "msrs_det" / "labels"
+    merged, fusion = labels_truth(labels), labels_truth(labels / "fusion")
+    reference = merged_truth(labels)
+    assert merged.description == reference.description
+    assert fusion.description == yolo_truth(labels / "fusion").description
+    stems = sorted(p.stem for p in (labels / "fusion").glob("*.txt"))[:40]
+    more = 0
+    for stem in stems:
+        got, want = merged(stem, 640, 480), reference(stem, 640, 480)
+        np.testing.assert_array_equal(got["boxes"], want["boxes"])
+        more += len(got["boxes"]) > len(fusion(stem, 640, 480)["boxes"])
+    assert more > 0  # the merge adds infrared/visible-only objects on some of these pairs
+
+    counts = {}
+    for name, labels_arg in (("merged", labels), ("fusion", labels / "fusion")):
+        out = tmp_path / name
+        assert evaluate.main(["folder", "--bundle", str(fixture_bundle), "--split",
+                              "msrs_det:test", "--data-root", str(shared_data), "--limit", "8",
+                              "--labels", str(labels_arg), "--out", str(out)]) == 0
+        detection = json.loads((out / "summary.json").read_text())["detection"]
+        counts[name] = (detection["ground_truth"], detection["num_ground_truths"])
+    split_out = tmp_path / "split"
+    assert evaluate.main(["folder", "--bundle", str(fixture_bundle), "--split", "msrs_det:test",
+                          "--data-root", str(shared_data), "--limit", "8",
+                          "--out", str(split_out)]) == 0
+    split_detection = json.loads((split_out / "summary.json").read_text())["detection"]
+    assert counts["merged"][0].startswith("merged")
+    assert counts["merged"][1] == split_detection["num_ground_truths"] > counts["fusion"][1]
+
+
+def _raise_on_constant(name: str) -> None:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def test_reports_are_strict_json_with_nan_as_null(tmp_path) -> None:
+    """Honest synthetic result: a summary with a NaN metric, an infinite timing and numpy
+    values is written as null / numbers, and a strict parser reads every file."""
+    from ros2_bilevel_fusion.evaluation import report
+    from ros2_bilevel_fusion.messages import strict_json
+
+    result = folder.FolderResult(model_name="synthetic", pairs=1)
+    result.means = {"synthetic": {"EN": float("nan"), "SD": np.float32(2.5), "SF": 1.0}}
+    result.timing = {"total_ms": report.percentiles([])}  # nan percentiles of no frames
+    result.detection = {
+        "mAP50": float("nan"), "mAP50_95": np.float64("inf"), "max_dets": 100,
+        "per_class_AP50": {"person": float("nan")}, "labelled_images": 0,
+        "num_ground_truths": 0, "num_predictions": 0, "ground_truth": "synthetic",
+    }
+    result.coco_ground_truth = {"images": [], "categories": [], "annotations": []}
+    result.coco_detections = []
+    report.write_folder_report(tmp_path, result, None)
+    for name in ("summary.json", "ground_truth_coco.json", "detections_coco.json"):
+        text = (tmp_path / name).read_text()
+        assert "NaN" not in text and "Infinity" not in text
+        json.loads(text, parse_constant=_raise_on_constant)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["means"]["synthetic"] == {"EN": None, "SD": 2.5, "SF": 1.0}
+    assert summary["detection"]["mAP50"] is None and summary["detection"]["mAP50_95"] is None
+    assert summary["timing"]["total_ms"]["p50"] is None
+    assert strict_json.dumps([np.int64(3), (1.5, -math.inf), {1: np.bool_(True)}]) == (
+        '[3, [1.5, null], {"1": true}]'
+    )

@@ -115,3 +115,51 @@ def test_confusion_matrix_accumulates_over_images() -> None:
     assert perfect["mIoU"] == 1.0 and perfect["pixel_acc"] == 1.0
     with pytest.raises(sm.SemanticInputError):
         accumulated.update(np.full((2, 2), 5), np.zeros((2, 2)))
+
+
+def test_coco_documents_are_coco_files_and_score_as_detection_map() -> None:
+    """Synthetic boxes: the documents use COCO's ids and [x, y, w, h]; scoring them is
+    detection_map, and the documents are left as they were."""
+    import copy
+
+    truths = _synthetic_truths()
+    predictions = _as_predictions(truths, shift=3)
+    images = [{"file_name": f"{i}.png", "width": 640, "height": 480} for i in range(3)]
+    truth, results = sm.coco_documents(predictions, truths, CLASSES, images)
+    assert [image["id"] for image in truth["images"]] == [1, 2, 3]
+    assert truth["images"][0] == {"id": 1, "file_name": "0.png", "width": 640, "height": 480}
+    assert truth["categories"] == [
+        {"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 3, "name": "car"}
+    ]
+    first = truth["annotations"][0]
+    assert first["bbox"] == [10.0, 10.0, 50.0, 80.0] and first["area"] == 4000.0
+    assert first["category_id"] == 1 and first["iscrowd"] == 0 and first["id"] == 1
+    assert results[1] == {"image_id": 1, "category_id": 3, "bbox": [103.0, 40.0, 80.0, 60.0],
+                          "score": 0.9}
+    before = copy.deepcopy((truth, results))
+    scored = sm.coco_scores(truth, results)
+    assert (truth, results) == before
+    direct = sm.detection_map(predictions, truths, CLASSES)
+    per_class, direct_per_class = scored.pop("per_class_AP50"), direct.pop("per_class_AP50")
+    assert scored == direct
+    assert per_class == pytest.approx(direct_per_class, nan_ok=True)
+    assert math.isnan(per_class["bicycle"])
+
+
+def test_max_dets_decides_how_many_detections_per_image_are_ranked() -> None:
+    """Synthetic: 150 confident false boxes and the one true box scored lowest. COCO's
+    maxDets 100 never sees the true box; maxDets 150 does."""
+    truth = {"boxes": np.array([[100.0, 100.0, 140.0, 200.0]]), "labels": np.array([0])}
+    false_boxes = np.array([[300.0 + i, 10.0, 310.0 + i, 30.0] for i in range(149)])
+    prediction = {
+        "boxes": np.vstack([false_boxes, truth["boxes"]]),
+        "labels": np.zeros(150, dtype=int),
+        "scores": np.concatenate([np.linspace(0.9, 0.5, 149), [0.1]]),
+    }
+    capped = sm.detection_map([prediction], [truth], CLASSES)
+    assert capped["max_dets"] == sm.COCO_MAX_DETS == 100
+    assert capped["mAP50"] == 0.0
+    wide = sm.detection_map([prediction], [truth], CLASSES, max_dets=150)
+    assert wide["max_dets"] == 150
+    assert wide["mAP50"] == pytest.approx(1.0 / 150, rel=0.3)  # recall 1 at precision 1/150
+    assert wide["mAP50"] > 0.0

@@ -50,7 +50,7 @@ def run_folder(args: argparse.Namespace) -> int:
     if args.split:
         if args.ir or args.vi:
             raise EvaluationError("give --split or --ir/--vi, not both")
-        # The split's pairs and, unless --labels names one annotation, their merged labels.
+        # The split's pairs and, unless --labels names other labels, their merged labels.
         pairs, ground_truth = split_pairs(args.split, Path(args.data_root), args.limit)
         ir_dir = pairs[0].ir_path.parent
         if args.labels:
@@ -62,10 +62,10 @@ def run_folder(args: argparse.Namespace) -> int:
         pairs = find_folder_pairs(ir_dir, visible_dir, args.limit)
     registration = Registration.identity()
     run_pair = bundle = None
+    postprocess: dict = {}
     if args.bundle:
         pipeline, bundle = build_pipeline(Path(args.bundle), args.backend, registration)
-        if args.score_threshold is not None:
-            pipeline.config.score_threshold = float(args.score_threshold)
+        postprocess = override_postprocess(pipeline.config, args)
         run_pair = pipeline_runner(pipeline)
     elif not args.baselines:
         raise EvaluationError("give --bundle, or --baselines for the baselines alone")
@@ -81,6 +81,7 @@ def run_folder(args: argparse.Namespace) -> int:
         detection_classes=(
             bundle.detection.classes if bundle is not None and bundle.detection else None
         ),
+        max_detections=postprocess.get("max_detections"),
         masks_dir=Path(args.masks) if args.masks else None,
         mask_map=parse_mask_map(args.mask_map),
         segmentation_classes=(
@@ -88,6 +89,7 @@ def run_folder(args: argparse.Namespace) -> int:
         ),
         on_output=fused_png_writer(out_dir) if args.save_fused else None,
     )
+    result.postprocess = postprocess
     published = (
         {report.CDDFUSE_LABEL: report.CDDFUSE_TNO_PUBLISHED} if _looks_like_tno(ir_dir) else None
     )
@@ -97,6 +99,29 @@ def run_folder(args: argparse.Namespace) -> int:
         print(f"detection ground truth: {result.detection['ground_truth']}")
     print(f"report written to {out_dir}")
     return 0
+
+
+def override_postprocess(config, args: argparse.Namespace) -> dict:
+    """Apply ``--score-threshold``, ``--nms-iou`` and ``--max-detections`` (None: the bundle's
+    model.yaml value stays) to the pipeline's PostprocessConfig; returns the values in use."""
+    overrides = {
+        "score_threshold": args.score_threshold,
+        "nms_iou": args.nms_iou,
+        "max_detections": args.max_detections,
+    }
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
+        raise EvaluationError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.nms_iou is not None and not 0.0 <= args.nms_iou <= 1.0:
+        raise EvaluationError(f"--nms-iou must be in [0, 1], got {args.nms_iou}")
+    if args.max_detections is not None and args.max_detections < 1:
+        raise EvaluationError(f"--max-detections must be >= 1, got {args.max_detections}")
+    used = {}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, type(getattr(config, key))(value))
+        used[key] = getattr(config, key)
+        used[f"{key}_source"] = "command line" if value is not None else "bundle"
+    return used
 
 
 def run_bag(args: argparse.Namespace) -> int:
@@ -140,13 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         help="a named split instead of --ir/--vi, e.g. msrs_det:test (msrs_det:train|val|test, "
         "msrs:train|holdout; docs/data_splits.md): its pairs, scored for mAP against the merged "
-        "fusion+infrared+visible labels (--labels DIR: that one annotation instead)",
+        "fusion+infrared+visible labels (--labels DIR: those labels instead)",
     )
     folder.add_argument(
         "--data-root", default=str(DEFAULT_DATA_ROOT),
         help=f"folder holding the split's data set (default {DEFAULT_DATA_ROOT})",
     )
-    folder.add_argument("--labels", help="folder of YOLO txt labels (<stem>.txt) for mAP")
+    folder.add_argument(
+        "--labels",
+        help="YOLO labels for mAP: a folder of <stem>.txt (one annotation), or a folder with "
+        "fusion/ infrared/ visible/ subfolders of them (MSRS labels/: merged, as --split does)",
+    )
     folder.add_argument("--masks", help="folder of PNG masks (same names) for segmentation IoU")
     folder.add_argument(
         "--mask-map", default="", help="mask value to class id, e.g. 255:1 (default: identity)"
@@ -162,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-threshold", type=float, default=None,
         help="detection score threshold instead of the bundle's (mAP ranks every detection, so "
         "a low value such as 0.05 gives the usual mAP; the bundle's gives what the node shows)",
+    )
+    folder.add_argument(
+        "--nms-iou", type=float, default=None,
+        help="class-aware NMS IoU threshold instead of the bundle's detection.nms_iou",
+    )
+    folder.add_argument(
+        "--max-detections", type=int, default=None,
+        help="detections kept per image instead of the bundle's detection.max_detections; "
+        "mAP then ranks max(100, this) per image (pycocotools maxDets)",
     )
     folder.set_defaults(run=run_folder)
 

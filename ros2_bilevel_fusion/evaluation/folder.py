@@ -32,8 +32,13 @@ import numpy as np
 
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation import baselines, metrics, report, splits
-from ros2_bilevel_fusion.evaluation.ground_truth import TruthSource, merged_truth, yolo_truth
-from ros2_bilevel_fusion.evaluation.semantic_metrics import ConfusionMatrix, detection_map
+from ros2_bilevel_fusion.evaluation.ground_truth import TruthSource, labels_truth, merged_truth
+from ros2_bilevel_fusion.evaluation.semantic_metrics import (
+    COCO_MAX_DETS,
+    ConfusionMatrix,
+    coco_documents,
+    coco_scores,
+)
 
 LOG = logging.getLogger("fusion-eval")
 
@@ -211,7 +216,11 @@ class FolderResult:
     model_name: str  # the method's label ("baselines only" without a method)
     rows: list[dict] = field(default_factory=list)  # one per (method, image), in pair order
     means: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> metric -> mean
-    detection: dict | None = None  # detection_map(...) plus "labelled_images"
+    detection: dict | None = None  # coco_scores(...) plus "labelled_images", "ground_truth"
+    # The COCO documents the detection scores come from (semantic_metrics.coco_documents).
+    coco_ground_truth: dict | None = None
+    coco_detections: list[dict] | None = None
+    postprocess: dict = field(default_factory=dict)  # the detector settings used, if known
     segmentation: dict | None = None  # segmentation_summary(...)
     timing: dict[str, dict] = field(default_factory=dict)  # stage -> report.percentiles
     skipped: list[str] = field(default_factory=list)  # pairs whose files could not be read
@@ -225,7 +234,7 @@ class FolderResult:
 
 
 def detections_to_entry(detections: Any) -> dict[str, np.ndarray]:
-    """A prediction entry for :func:`detection_map` from Detections (None: no detections)."""
+    """A prediction entry for :func:`coco_documents` from Detections (None: no detections)."""
     if detections is None:
         return {
             "boxes": np.zeros((0, 4), np.float64),
@@ -262,6 +271,7 @@ def score_pairs(
     labels_dir: Path | None = None,
     ground_truth: TruthSource | None = None,
     detection_classes: Sequence[str] | None = None,
+    max_detections: int | None = None,
     masks_dir: Path | None = None,
     mask_map: dict[int, int] | None = None,
     segmentation_classes: Sequence[str] | None = None,
@@ -276,10 +286,14 @@ def score_pairs(
       it must be the one ``run_pair`` uses (identity, the default, resizes a differently
       sized IR).
     * ``max_side``: both images are first shrunk so that their longer side is at most this.
-    * ``labels_dir`` (YOLO ``<stem>.txt``; pairs without a file are not labelled) or
+    * ``labels_dir`` (YOLO ``<stem>.txt``, pairs without a file are not labelled; or a folder
+      of ``fusion/ infrared/ visible/`` annotations, merged: :func:`labels_truth`) or
       ``ground_truth`` (``truth(stem, width, height) -> {"boxes", "labels"}`` or None for an
       unlabelled pair, e.g. :func:`split_pairs`' merged labels), with ``detection_classes``:
-      detection mAP (COCO protocol) of ``PairOutput.detections``.
+      detection mAP (COCO protocol) of ``PairOutput.detections``; ``result.coco_ground_truth``
+      and ``result.coco_detections`` are the COCO documents it was computed from.
+    * ``max_detections``: the detector's cap per image; pycocotools then ranks
+      ``max(100, max_detections)`` per image (COCO's 100 would cut a higher cap).
     * ``masks_dir`` (same names as the IR images; values mapped by ``mask_map``, see
       :func:`mask_to_labels`) with ``segmentation_classes``: IoU of ``PairOutput.seg_labels``.
     * ``on_output(pair, output)`` is called after each ``run_pair`` (to save or keep images).
@@ -300,6 +314,7 @@ def score_pairs(
     total_ms: list[float] = []
     predictions: list[dict] = []
     truths: list[dict] = []
+    image_records: list[dict] = []
     confusion = None
     if masks_dir is not None and has_model:
         if segmentation_classes is None:
@@ -309,7 +324,7 @@ def score_pairs(
     if labels_dir is not None:
         if ground_truth is not None:
             raise EvaluationError("give labels_dir or ground_truth, not both")
-        ground_truth = yolo_truth(labels_dir)
+        ground_truth = labels_truth(labels_dir)
     if ground_truth is not None and (not has_model or detection_classes is None):
         LOG.warning("labels given but there is no model with a detection head; skipped")
         ground_truth = None
@@ -372,6 +387,7 @@ def score_pairs(
             if truth is not None:  # None (no file): not labelled; empty file: no objects
                 truths.append(truth)
                 predictions.append(detections_to_entry(output.detections))
+                image_records.append({"file_name": pair.name, "width": width, "height": height})
         if output is not None and confusion is not None:
             mask_path = metrics.find_pair_file(masks_dir, pair.name)
             if mask_path is not None and output.seg_labels is not None:
@@ -393,7 +409,11 @@ def score_pairs(
             result.timing["inference_ms"] = report.percentiles(inference_ms)
         result.timing["total_ms"] = report.percentiles(total_ms)
     if ground_truth is not None:
-        result.detection = detection_map(predictions, truths, list(detection_classes or []))
+        result.coco_ground_truth, result.coco_detections = coco_documents(
+            predictions, truths, list(detection_classes or []), image_records
+        )
+        max_dets = max(COCO_MAX_DETS, int(max_detections or 0))
+        result.detection = coco_scores(result.coco_ground_truth, result.coco_detections, max_dets)
         result.detection["labelled_images"] = len(truths)
         result.detection["ground_truth"] = getattr(ground_truth, "description", "custom")
     if confusion is not None:

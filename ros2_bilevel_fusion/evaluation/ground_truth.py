@@ -329,3 +329,18 @@ def merged_truth(
         f"(same-class union after matching at IoU {iou_threshold:g})"
     )
     return truth
+
+
+def labels_truth(labels_dir: str | Path) -> TruthSource:
+    """The :data:`TruthSource` of a labels folder as ``fusion-eval --labels DIR`` reads it.
+
+    ``DIR/<stem>.txt`` files: that one annotation (:func:`yolo_truth`). No ``.txt`` file in
+    ``DIR`` itself but subfolders named as :data:`MSRS_ANNOTATIONS` (``fusion``, ``infrared``,
+    ``visible``; MSRS's ``labels/``): their merge (:func:`merged_truth` of the subfolders
+    present, in that order).
+    """
+    labels_dir = Path(labels_dir)
+    present = tuple(name for name in MSRS_ANNOTATIONS if (labels_dir / name).is_dir())
+    if present and not any(labels_dir.glob("*.txt")):
+        return merged_truth(labels_dir, present)
+    return yolo_truth(labels_dir)

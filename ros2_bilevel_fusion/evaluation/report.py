@@ -7,7 +7,6 @@ No ROS and no torch; matplotlib (Agg) only for the latency histogram.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 
 from ros2_bilevel_fusion.evaluation.metrics import CONVENTIONS, METRIC_NAMES
+from ros2_bilevel_fusion.messages.strict_json import write_json
 
 if TYPE_CHECKING:
     from ros2_bilevel_fusion.evaluation.folder import FolderResult
@@ -161,15 +161,6 @@ def save_histogram(
 # --------------------------------------------------------------------------- fusion-eval reports
 
 
-def json_default(value: Any) -> Any:
-    """``json.dumps`` default: numpy scalars and arrays as Python values, anything else as str."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def detection_markdown(detection: dict) -> str:
     per_class = ", ".join(
         f"{name} {format_value(ap)}" for name, ap in detection["per_class_AP50"].items()
@@ -180,7 +171,8 @@ def detection_markdown(detection: dict) -> str:
         f"ground-truth boxes, {detection['num_predictions']} predictions.\n\n"
         f"mAP@0.5 **{format_value(detection['mAP50'])}**, "
         f"mAP@0.5:0.95 **{format_value(detection['mAP50_95'])}**. "
-        f"AP@0.5 per class: {per_class} (n/a: no ground truth of that class).\n"
+        f"AP@0.5 per class: {per_class} (n/a: no ground truth of that class). "
+        f"Up to {detection.get('max_dets', 100)} detections ranked per image.\n"
     )
 
 
@@ -216,17 +208,34 @@ def folder_markdown(result: FolderResult, published: dict | None) -> str:
             )
             + "\n",
         ]
+    if result.postprocess:
+        parts.append(
+            "Detection post-processing: "
+            + ", ".join(f"{key} {value}" for key, value in result.postprocess.items())
+            + ".\n"
+        )
     if result.detection is not None:
         parts.append(detection_markdown(result.detection))
+        parts.append(
+            f"Re-score with pycocotools: {DETECTIONS_COCO} against {GROUND_TRUTH_COCO} "
+            f"(COCOeval bbox, maxDets [1, 10, {result.detection.get('max_dets', 100)}]).\n"
+        )
     if result.segmentation is not None:
         parts.append(segmentation_markdown(result.segmentation))
     return "\n".join(parts)
 
 
+#: The COCO files of a folder evaluation with detection ground truth (pycocotools can re-score).
+DETECTIONS_COCO = "detections_coco.json"
+GROUND_TRUTH_COCO = "ground_truth_coco.json"
+
+
 def write_folder_report(out_dir: Path, result: FolderResult, published: dict | None) -> str:
     """per_image.csv, samples.png, summary.md and summary.json of a folder evaluation into
-    ``out_dir``; returns the markdown. ``published``: literature rows shown under the measured
-    ones (label -> metric -> value), or None."""
+    ``out_dir``, and with detection ground truth :data:`DETECTIONS_COCO` (COCO results format)
+    and :data:`GROUND_TRUTH_COCO` (COCO annotation file), the documents the mAP was computed
+    from; returns the markdown. ``published``: literature rows shown under the measured ones
+    (label -> metric -> value), or None. All JSON is strict (non-finite numbers as null)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["method", "name", *METRIC_NAMES, "inference_ms", "total_ms"]
     write_csv(out_dir / "per_image.csv", result.rows, columns)
@@ -234,22 +243,26 @@ def write_folder_report(out_dir: Path, result: FolderResult, published: dict | N
         save_sample_grid(out_dir / "samples.png", result.samples)
     markdown = folder_markdown(result, published)
     (out_dir / "summary.md").write_text(markdown)
-    (out_dir / "summary.json").write_text(
-        json.dumps(
-            {
-                "model": result.model_name,
-                "images": result.images,
-                "skipped": result.skipped,
-                "means": result.means,
-                "timing": result.timing,
-                "detection": result.detection,
-                "segmentation": result.segmentation,
-                "published_reference": published,
-                "conventions": CONVENTIONS,
-            },
-            indent=1,
-            default=json_default,
-        )
+    files = {}
+    if result.coco_ground_truth is not None:
+        write_json(out_dir / GROUND_TRUTH_COCO, result.coco_ground_truth)
+        write_json(out_dir / DETECTIONS_COCO, result.coco_detections or [])
+        files = {"ground_truth_coco": GROUND_TRUTH_COCO, "detections_coco": DETECTIONS_COCO}
+    write_json(
+        out_dir / "summary.json",
+        {
+            "model": result.model_name,
+            "images": result.images,
+            "skipped": result.skipped,
+            "means": result.means,
+            "timing": result.timing,
+            "postprocess": result.postprocess,
+            "detection": result.detection,
+            "segmentation": result.segmentation,
+            "files": files,
+            "published_reference": published,
+            "conventions": CONVENTIONS,
+        },
     )
     return markdown
 
@@ -321,7 +334,7 @@ def write_bag_report(
         save_sample_grid(out_dir / "samples.png", samples)
     columns = ["method", "frame", "visible_stamp_ns", "latency_ms", *METRIC_NAMES]
     write_csv(out_dir / "per_frame.csv", rows, columns)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=json_default))
+    write_json(out_dir / "summary.json", summary)
     markdown = bag_markdown(summary)
     (out_dir / "report.md").write_text(markdown)
     return markdown

@@ -7,6 +7,7 @@ fused image against labelled data (MSRS YOLO boxes and person masks, or a bag's 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,45 +35,53 @@ def _boxes_of(entry: Mapping, with_scores: bool) -> tuple[np.ndarray, np.ndarray
     return boxes, scores, labels
 
 
-def detection_map(
+#: pycocotools' default ``maxDets`` for AP: at most this many detections per image are ranked.
+COCO_MAX_DETS = 100
+
+
+def coco_documents(
     predictions: Sequence[Mapping],
     ground_truths: Sequence[Mapping],
     class_names: Sequence[str],
-) -> dict:
-    """COCO-style box AP of ``predictions`` against ``ground_truths`` (one entry per image).
+    images: Sequence[Mapping] | None = None,
+) -> tuple[dict, list[dict]]:
+    """The COCO files of ``predictions`` against ``ground_truths`` (one entry per image).
 
     Each entry is a mapping with ``boxes`` [K, 4] xyxy in pixels, ``labels`` [K] class indices
-    into ``class_names``, and (predictions only) ``scores`` [K]. Evaluation is pycocotools'
-    COCOeval (101-point interpolated AP, area "all", maxDets 100, ground truths not crowd).
+    into ``class_names``, and (predictions only) ``scores`` [K]. ``images``: per entry, extra
+    fields of its COCO image record (``file_name``, ``width``, ``height``), or None.
 
-    Returns ``{"mAP50": AP at IoU 0.5, "mAP50_95": AP averaged over IoU 0.50:0.05:0.95,
-    "per_class_AP50": {name: AP or nan}, "num_images", "num_ground_truths", "num_predictions"}``.
-    mAPs average over classes that have ground truth (COCO drops classes without, marking -1);
-    a class without ground truth gets ``nan`` per class. With no ground truth at all the mAPs are
-    ``nan`` (undefined), not 0.
+    Returns ``(ground_truth, detections)``: ``ground_truth`` a COCO annotation file (``images``,
+    ``categories``, ``annotations`` with ``bbox`` [x, y, w, h], ``area`` w*h, ``iscrowd`` 0)
+    and ``detections`` a list in COCO results format (``image_id``, ``category_id``, ``bbox``
+    [x, y, w, h], ``score``). Ids follow COCO's convention: image ``i`` has id ``i + 1``, class
+    index ``c`` category id ``c + 1``, annotations 1, 2, ...
     """
     if len(predictions) != len(ground_truths):
         raise SemanticInputError(
             f"{len(predictions)} prediction entries but {len(ground_truths)} ground truths"
         )
+    if images is not None and len(images) != len(ground_truths):
+        raise SemanticInputError(f"{len(images)} image records for {len(ground_truths)} images")
     num_classes = len(class_names)
-    images, annotations, detections = [], [], []
-    for image_id, (prediction, truth) in enumerate(zip(predictions, ground_truths, strict=True)):
-        images.append({"id": image_id})
+    image_records, annotations, detections = [], [], []
+    for index, (prediction, truth) in enumerate(zip(predictions, ground_truths, strict=True)):
+        image_id = index + 1
+        image_records.append({"id": image_id, **(dict(images[index]) if images else {})})
         gt_boxes, _, gt_labels = _boxes_of(truth, with_scores=False)
         pred_boxes, pred_scores, pred_labels = _boxes_of(prediction, with_scores=True)
         for labels in (gt_labels, pred_labels):
             if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
                 raise SemanticInputError(f"class index out of range 0..{num_classes - 1}")
         for box, label in zip(gt_boxes, gt_labels, strict=True):
-            width, height = float(box[2] - box[0]), float(box[3] - box[1])
+            bbox = _xywh(box)
             annotations.append(
                 {
                     "id": len(annotations) + 1,  # COCO ids must be non-zero
                     "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": [float(box[0]), float(box[1]), width, height],
-                    "area": width * height,
+                    "category_id": int(label) + 1,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
                     "iscrowd": 0,
                 }
             )
@@ -80,33 +89,56 @@ def detection_map(
             detections.append(
                 {
                     "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": [
-                        float(box[0]),
-                        float(box[1]),
-                        float(box[2] - box[0]),
-                        float(box[3] - box[1]),
-                    ],
+                    "category_id": int(label) + 1,
+                    "bbox": _xywh(box),
                     "score": float(score),
                 }
             )
+    ground_truth = {
+        "images": image_records,
+        "categories": [{"id": i + 1, "name": str(n)} for i, n in enumerate(class_names)],
+        "annotations": annotations,
+    }
+    return ground_truth, detections
 
+
+def _xywh(box: np.ndarray) -> list[float]:
+    return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
+
+
+def coco_scores(
+    ground_truth: Mapping, detections: Sequence[Mapping], max_dets: int = COCO_MAX_DETS
+) -> dict:
+    """Box AP of COCO results ``detections`` against the COCO annotation file ``ground_truth``
+    (the two documents of :func:`coco_documents`), computed by pycocotools' COCOeval (101-point
+    interpolated AP, area "all", ``maxDets`` ``[1, 10, max_dets]``).
+
+    Returns ``{"mAP50", "mAP50_95", "per_class_AP50": {category
+    name: AP or nan}, "num_images", "num_ground_truths", "num_predictions", "max_dets"}``: the
+    mAPs are pycocotools' own numbers, averaged over categories with ground truth (COCO marks
+    the others -1); a category without ground truth gets ``nan``. With no ground truth at all
+    the mAPs are ``nan`` (undefined), not 0; with ground truth but no detection they are 0.
+    The documents are not modified.
+    """
+    categories = {int(c["id"]): str(c["name"]) for c in ground_truth["categories"]}
+    annotations = ground_truth["annotations"]
     result: dict = {
         "mAP50": float("nan"),
         "mAP50_95": float("nan"),
-        "per_class_AP50": {name: float("nan") for name in class_names},
-        "num_images": len(images),
+        "per_class_AP50": {name: float("nan") for name in categories.values()},
+        "num_images": len(ground_truth["images"]),
         "num_ground_truths": len(annotations),
         "num_predictions": len(detections),
+        "max_dets": int(max_dets),
     }
     if not annotations:
         return result
     if not detections:
-        # Every class with ground truth has recall 0 at every threshold.
-        present = {annotation["category_id"] for annotation in annotations}
+        # Every class with ground truth has recall 0 at every threshold (pycocotools' loadRes
+        # does not take an empty list).
         result["mAP50"] = result["mAP50_95"] = 0.0
-        for index in present:
-            result["per_class_AP50"][class_names[index]] = 0.0
+        for annotation in annotations:
+            result["per_class_AP50"][categories[int(annotation["category_id"])]] = 0.0
         return result
 
     # pycocotools prints progress to stdout; silence it so CLI output stays a clean table.
@@ -115,34 +147,43 @@ def detection_map(
         from pycocotools.cocoeval import COCOeval
 
         coco_truth = COCO()
-        coco_truth.dataset = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": i, "name": n} for i, n in enumerate(class_names)],
-        }
+        coco_truth.dataset = copy.deepcopy(dict(ground_truth))
         coco_truth.createIndex()
-        coco_predictions = coco_truth.loadRes(detections)
+        # loadRes adds area, id and segmentation to the dicts it gets: give it copies.
+        coco_predictions = coco_truth.loadRes(copy.deepcopy(list(detections)))
         evaluator = COCOeval(coco_truth, coco_predictions, iouType="bbox")
+        evaluator.params.maxDets = [1, 10, int(max_dets)]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    # precision: [IoU thresholds T, recall points R, classes K, area ranges A, max dets M]
+    # precision: [IoU thresholds T, recall points R, classes K, area ranges A, max dets M].
+    # The mAPs are COCOeval.summarize's formula (mean of the entries > -1, area "all", the
+    # last maxDets); its stats[0] is not used because summarize asks for maxDets 100 there
+    # whatever params.maxDets holds (-1 when 100 is not in the list).
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
     iou_05 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
-    per_class_50 = []
-    per_class_all = []
+    result["mAP50_95"] = float(np.mean(precision[precision > -1]))
+    result["mAP50"] = float(np.mean(precision[iou_05][precision[iou_05] > -1]))
     for class_index, category_id in enumerate(evaluator.params.catIds):
         at_50 = precision[iou_05, :, class_index]
-        every = precision[:, :, class_index]
         if np.all(at_50 < 0):  # -1: no ground truth of this class
             continue
-        ap_50 = float(np.mean(at_50[at_50 > -1]))
-        result["per_class_AP50"][class_names[category_id]] = ap_50
-        per_class_50.append(ap_50)
-        per_class_all.append(float(np.mean(every[every > -1])))
-    result["mAP50"] = float(np.mean(per_class_50))
-    result["mAP50_95"] = float(np.mean(per_class_all))
+        result["per_class_AP50"][categories[category_id]] = float(np.mean(at_50[at_50 > -1]))
     return result
+
+
+def detection_map(
+    predictions: Sequence[Mapping],
+    ground_truths: Sequence[Mapping],
+    class_names: Sequence[str],
+    max_dets: int = COCO_MAX_DETS,
+) -> dict:
+    """COCO-style box AP of ``predictions`` against ``ground_truths`` (one entry per image):
+    :func:`coco_scores` of :func:`coco_documents` (see both for the entries and the result).
+    ``max_dets``: detections ranked per image (COCO's 100 by default; give at least the
+    detector's cap so that pycocotools does not cut what the detector kept)."""
+    ground_truth, detections = coco_documents(predictions, ground_truths, class_names)
+    return coco_scores(ground_truth, detections, max_dets)
 
 
 def yolo_to_xyxy(lines: Sequence[str], width: int, height: int) -> dict[str, np.ndarray]:
