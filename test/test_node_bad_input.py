@@ -17,12 +17,13 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from test_node_integration import (  # noqa: E402
-    Harness,
+from node_helpers import (  # noqa: E402
+    drop_count,
+    fixture_params,
     make_pair,
+    matched,
+    node_session,
     stamp_ns,
-    start_node,
-    stop_node,
     synthetic_ir,
 )
 
@@ -95,36 +96,21 @@ def test_integer_overrides_for_doubles_are_coerced() -> None:
 
 
 # ------------------------------------------------------------------ node process
-def _start(namespace: str, tmp_path_factory, *params: str) -> tuple[Harness, object, Path]:
-    log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
-    process = start_node(namespace, *params, log_path=log_path)
-    return Harness(namespace), process, log_path
-
-
 @pytest.fixture(scope="module")
 def fixture_node(fixture_bundle: Path, tmp_path_factory) -> Iterator:
-    harness, process, log_path = _start(
+    with node_session(
         "/it_bad",
-        tmp_path_factory,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "qos:=reliable",
-        "qos_depth:=50",
-        "diagnostics_period:=0.3",
-        "stream_timeout:=0.6",
-    )
-    try:
+        *fixture_params(
+            fixture_bundle,
+            "qos:=reliable",
+            "qos_depth:=50",
+            "diagnostics_period:=0.3",
+            "stream_timeout:=0.6",
+        ),
+        log_path=tmp_path_factory.mktemp("node_log") / "fusion_node.log",
+    ) as (harness, process):
         harness.wait_for_node_ready()
         yield harness, process
-    finally:
-        harness.close()
-        stop_node(process)
-        print(log_path.read_text()[-4000:])
-
-
-def _drops(status: dict[str, str], reason: str) -> int:
-    return int(status.get(f"drops.{reason}", 0))
 
 
 def test_bad_images_are_counted_and_good_ones_still_served(fixture_node) -> None:
@@ -171,10 +157,10 @@ def test_bad_images_are_counted_and_good_ones_still_served(fixture_node) -> None
         send(*make_pair(index, base_ns), good=True)
 
     def superseded() -> int:
-        return _drops(harness.node_status() or {}, "superseded")
+        return harness.drops("superseded")
 
     harness.wait_for(
-        lambda: len(harness.received.get("fused")) + superseded() >= len(good_stamps),
+        lambda: harness.fused_count() + superseded() >= len(good_stamps),
         20.0,
         "fused images of the good pairs",
     )
@@ -187,12 +173,12 @@ def test_bad_images_are_counted_and_good_ones_still_served(fixture_node) -> None
     assert {m.encoding for m in fused} == {"bgr8"}
 
     def counted() -> bool:
-        status = harness.node_status() or {}
+        status = harness.status()
         return (
-            _drops(status, "decode_error_ir") >= 2
-            and _drops(status, "size_mismatch_visible") >= 2
-            and _drops(status, "decode_error_visible") >= 1
-            and (message_filters is not None or _drops(status, "zero_stamp_visible") >= 1)
+            drop_count(status, "decode_error_ir") >= 2
+            and drop_count(status, "size_mismatch_visible") >= 2
+            and drop_count(status, "decode_error_visible") >= 1
+            and (message_filters is not None or drop_count(status, "zero_stamp_visible") >= 1)
             and int(status.get("processed", 0)) >= len(fused_stamps)
         )
 
@@ -208,8 +194,8 @@ def test_silent_camera_is_reported(fixture_node) -> None:
         time.sleep(0.1)
 
     def silent_reported() -> bool:
-        status = harness.node_status() or {}
-        return "silent_ir_s" in status and _drops(status, "stream_silent_ir") >= 1
+        status = harness.status()
+        return "silent_ir_s" in status and drop_count(status, "stream_silent_ir") >= 1
 
     harness.wait_for(silent_reported, 10.0, "diagnostics to report the silent IR stream")
     status = harness.node_status()
@@ -222,35 +208,23 @@ def test_broken_bundle_keeps_node_alive_and_reloads(fixture_bundle: Path, tmp_pa
     from rclpy.parameter_client import AsyncParameterClient
 
     missing = tmp_path_factory.mktemp("no_bundle") / "synthetic_missing_bundle"
-    harness, process, log_path = _start(
+    with node_session(
         "/it_broken",
-        tmp_path_factory,
-        f"bundle_path:={missing}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "qos:=reliable",
-        "diagnostics_period:=0.3",
-    )
-    try:
+        *fixture_params(missing, "qos:=reliable", "diagnostics_period:=0.3"),
+        log_path=tmp_path_factory.mktemp("node_log") / "fusion_node.log",
+    ) as (harness, process):
         harness.wait_for(
-            lambda: (harness.node_status() or {}).get("level") == "2",
+            lambda: harness.status().get("level") == "2",
             60.0,
             "diagnostics ERROR for the missing bundle",
         )
         status = harness.node_status()
         assert "model.yaml" in status["model_error"] and status["backend"] == "none"
-        harness.wait_for(
-            lambda: (
-                harness.pub_ir.get_subscription_count() > 0
-                and all(sub.get_publisher_count() > 0 for sub in harness.subs)
-            ),
-            30.0,
-            "discovery",
-        )
+        harness.wait_for(lambda: matched([harness.pub_ir], harness.subs), 30.0, "discovery")
         ir_msg, visible_msg = make_pair(0, 1_770_000_000 * 10**9)
         harness.publish_pair(ir_msg, visible_msg)
         harness.wait_for(
-            lambda: _drops(harness.node_status() or {}, "no_model") >= 1,
+            lambda: harness.drops("no_model") >= 1,
             10.0,
             "the pair without a model to be counted",
         )
@@ -261,15 +235,11 @@ def test_broken_bundle_keeps_node_alive_and_reloads(fixture_bundle: Path, tmp_pa
         harness.wait_for(future.done, 10.0, "set_parameters reply")
         assert future.result().results[0].successful
         harness.wait_for(
-            lambda: (harness.node_status() or {}).get("backend", "none").startswith("onnx"),
+            lambda: harness.status().get("backend", "none").startswith("onnx"),
             30.0,
             "the node to load the bundle after bundle_path changed",
         )
         ir_msg, visible_msg = make_pair(1, 1_770_000_000 * 10**9)
         harness.publish_pair(ir_msg, visible_msg)
-        harness.wait_for(lambda: len(harness.received.get("fused")) >= 1, 10.0, "fused image")
+        harness.wait_for(lambda: harness.fused_count() >= 1, 10.0, "fused image")
         assert process.poll() is None
-    finally:
-        harness.close()
-        stop_node(process)
-        print(log_path.read_text()[-4000:])

@@ -2,7 +2,7 @@
 warnings name their numbers, silence after a common pause, latency on one clock, non-finite
 thermal pixels; and model hot swap with rollback to the serving model.
 
-All images are synthetic (test_node_integration's generators); stamps are chosen per test.
+All images are synthetic (node_helpers' generators); stamps are chosen per test.
 """
 
 from __future__ import annotations
@@ -17,23 +17,18 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from test_node_integration import (  # noqa: E402
+from node_helpers import (  # noqa: E402
     Harness,
+    fixture_params,
     make_pair,
-    start_node,
-    stop_node,
+    node_session,
+    stamped,
     synthetic_ir,
 )
 
 
-def _start(namespace: str, tmp_path_factory, *params: str) -> tuple[Harness, object, Path]:
-    log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
-    process = start_node(namespace, *params, log_path=log_path)
-    return Harness(namespace), process, log_path
-
-
 def _status(harness: Harness) -> dict[str, str]:
-    return harness.node_status() or {}
+    return harness.status()
 
 
 def _now_ns() -> int:
@@ -42,24 +37,21 @@ def _now_ns() -> int:
 
 @pytest.fixture(scope="module")
 def health_node(fixture_bundle: Path, tmp_path_factory) -> Iterator:
-    harness, process, log_path = _start(
+    log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
+    with node_session(
         "/it_health",
-        tmp_path_factory,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "qos:=reliable",
-        "qos_depth:=50",
-        "diagnostics_period:=0.25",
-        "stream_timeout:=1.5",
-    )
-    try:
+        *fixture_params(
+            fixture_bundle,
+            "qos:=reliable",
+            "qos_depth:=50",
+            "diagnostics_period:=0.25",
+            "stream_timeout:=1.5",
+        ),
+        log_path=log_path,
+        log_tail=6000,
+    ) as (harness, process):
         harness.wait_for_node_ready()
         yield harness, process, log_path
-    finally:
-        harness.close()
-        stop_node(process)
-        print(log_path.read_text()[-6000:])
 
 
 def _quiet(harness: Harness, seconds: float = 5.5) -> None:
@@ -103,13 +95,10 @@ def test_no_pairs_warning_names_the_stamp_offset(health_node) -> None:
     deadline = time.monotonic() + 20.0
     index = 0
 
-    def restamp(msg, stamp: int) -> None:
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
-
     while time.monotonic() < deadline:
         ir_msg, visible_msg = make_pair(index, base)
-        restamp(visible_msg, base + index * 300_000_000)
-        restamp(ir_msg, base + index * 300_000_000 + 150_000_000)
+        stamped(visible_msg, base + index * 300_000_000)
+        stamped(ir_msg, base + index * 300_000_000 + 150_000_000)
         harness.publish_pair(ir_msg, visible_msg)
         index += 1
         time.sleep(0.1)
@@ -182,12 +171,12 @@ def test_nonfinite_and_huge_thermal_pixels(health_node) -> None:
     thermal[0, :5] = np.nan
     thermal[1, :3] = np.inf
     thermal[2, 0] = 1e30
-    before = len(harness.received.get("fused"))
+    before = harness.fused_count()
     harness.publish_pair(*make_pair(0, base, ir=thermal, ir_encoding="32FC1"))
     harness.wait_for(
         lambda: int(_status(harness).get("nonfinite_pixels_ir", 0)) >= 8, 15.0, "the count"
     )
-    harness.wait_for(lambda: len(harness.received.get("fused")) > before, 10.0, "a fused image")
+    harness.wait_for(lambda: harness.fused_count() > before, 10.0, "a fused image")
     log = log_path.read_text()
     assert "RuntimeWarning" not in log and "overflow" not in log, log[-2000:]
     assert "8 NaN/inf pixels" in log
@@ -222,17 +211,15 @@ def test_never_seen_stream_is_reported_with_a_finite_time(
 ) -> None:
     """Only the visible camera ever publishes: 'no ir images for N s (never received)', not
     'for inf s'."""
-    harness, process, log_path = _start(
+    log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
+    with node_session(
         "/it_never",
-        tmp_path_factory,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "qos:=reliable",
-        "diagnostics_period:=0.25",
-        "stream_timeout:=0.6",
-    )
-    try:
+        *fixture_params(
+            fixture_bundle, "qos:=reliable", "diagnostics_period:=0.25", "stream_timeout:=0.6"
+        ),
+        log_path=log_path,
+        log_tail=3000,
+    ) as (harness, _):
         harness.wait_for_node_ready()
         base = _now_ns()
         for index in range(15):
@@ -244,10 +231,6 @@ def test_never_seen_stream_is_reported_with_a_finite_time(
         assert "never received" in status["message"] and "inf" not in status["message"]
         harness.wait_for(lambda: "(never received)" in log_path.read_text(), 10.0, "the log line")
         assert " inf s" not in log_path.read_text()
-    finally:
-        harness.close()
-        stop_node(process)
-        print(log_path.read_text()[-3000:])
 
 
 # ------------------------------------------------------------------ model hot swap
@@ -273,17 +256,18 @@ def test_failed_reload_keeps_serving_the_old_model(fixture_bundle: Path, tmp_pat
 
     root = tmp_path_factory.mktemp("bad_bundles")
     bad = _bad_bundles(fixture_bundle, root)
-    harness, process, log_path = _start(
+    log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
+    with node_session(
         "/it_swap",
-        tmp_path_factory,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "qos:=reliable",
-        "qos_depth:=50",
-        "diagnostics_period:=0.25",
-    )
-    try:
+        *fixture_params(
+            fixture_bundle,
+            "qos:=reliable",
+            "qos_depth:=50",
+            "diagnostics_period:=0.25",
+        ),
+        log_path=log_path,
+        log_tail=6000,
+    ) as (harness, process):
         harness.wait_for_node_ready()
         client = AsyncParameterClient(harness.node, harness.node_ns)
         assert client.wait_for_services(timeout_sec=20.0)
@@ -298,12 +282,10 @@ def test_failed_reload_keeps_serving_the_old_model(fixture_bundle: Path, tmp_pat
 
         def still_fuses() -> None:
             nonlocal index
-            before = len(harness.received.get("fused"))
+            before = harness.fused_count()
             harness.publish_pair(*make_pair(index, base))
             index += 1
-            harness.wait_for(
-                lambda: len(harness.received.get("fused")) > before, 15.0, "a fused image"
-            )
+            harness.wait_for(lambda: harness.fused_count() > before, 15.0, "a fused image")
 
         # Rejected by the parameter callback, with the reason.
         for value, reason in (
@@ -363,7 +345,3 @@ def test_failed_reload_keeps_serving_the_old_model(fixture_bundle: Path, tmp_pat
         )
         still_fuses()
         assert process.poll() is None
-    finally:
-        harness.close()
-        stop_node(process)
-        print(log_path.read_text()[-6000:])

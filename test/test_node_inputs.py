@@ -25,26 +25,29 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from test_node_integration import (  # noqa: E402
+from node_helpers import (  # noqa: E402
     HEIGHT,
+    IR_FRAME,
     QOS,
     VISIBLE_FRAME,
     WIDTH,
     Harness,
+    fixture_params,
+    make_pair,
+    matched,
+    node_session,
+    read_log,
     stamp_ns,
-    start_node,
-    stop_node,
-    synthetic_ir,
+    stamped,
     synthetic_visible,
 )
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from ros2_bilevel_fusion.messages.codec import (  # noqa: E402
     array_to_compressed_msg,
-    array_to_msg,
     msg_to_array,
 )
 from ros2_bilevel_fusion.node import inputs  # noqa: E402
@@ -145,12 +148,6 @@ def test_output_camera_info_scaled_output_keeps_the_projection() -> None:
 BASE_NS = 1_750_000_000 * 10**9
 
 
-def stamped(msg: Any, stamp: int, frame_id: str) -> Any:
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
-    msg.header.frame_id = frame_id
-    return msg
-
-
 def node_subscriptions(rig: Node, topic: str) -> list[Any]:
     return [i for i in rig.get_subscriptions_info_by_topic(topic) if i.node_name == "fusion_node"]
 
@@ -159,18 +156,6 @@ def all_subscriptions_are(rig: Node, topic: str, policy: ReliabilityPolicy) -> b
     """The node subscribes ``topic`` with ``policy`` only (a retired subscription is gone)."""
     subs = node_subscriptions(rig, topic)
     return bool(subs) and all(i.qos_profile.reliability == policy for i in subs)
-
-
-def wait_for_model(harness: Harness, timeout_s: float = 60.0) -> None:
-    harness.wait_for(
-        lambda: (harness.node_status() or {}).get("backend", "none") != "none",
-        timeout_s,
-        "fusion_node to load its model (diagnostics backend != none)",
-    )
-
-
-def read_log(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
 
 
 # ------------------------------------------------------------------ qos auto
@@ -182,39 +167,24 @@ def auto_node(
 ) -> Iterator[tuple[Harness, Path]]:
     """fusion_node with the default input QoS (qos auto) and the test rig's reliable
     publishers (Harness: depth 50), as `ros2 bag play` or fusion-replay publish."""
-    namespace = "/in_auto"
     log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
-    process = start_node(
-        namespace,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
+    params = fixture_params(
+        fixture_bundle,
         "diagnostics_period:=0.5",
         # Not the QoS choice (left at its default, auto): room for this process or the node
         # to stall under load without a frame falling out of the DDS history or the pairer.
         "qos_depth:=50",
         "queue_size:=50",
-        log_path=log_path,
     )
-    harness = Harness(namespace)
-    harness.subs.append(
-        harness.node.create_subscription(
-            CameraInfo,
-            f"{harness.node_ns}/camera_info",
-            lambda msg: harness.received.add("camera_info", msg),
-            QOS,
-        )
-    )
-    try:
-        harness.wait_for_node_ready()
-        yield harness, log_path
-        assert process.poll() is None, "fusion_node exited"
-    except AssertionError:
-        print(read_log(log_path)[-6000:])
-        raise
-    finally:
-        harness.close()
-        stop_node(process)
+    with node_session("/in_auto", *params, log_path=log_path, log_tail=0) as (harness, process):
+        harness.subscribe(CameraInfo, "camera_info")
+        try:
+            harness.wait_for_node_ready()
+            yield harness, log_path
+            assert process.poll() is None, "fusion_node exited"
+        except AssertionError:
+            print(read_log(log_path)[-6000:])
+            raise
 
 
 def test_auto_qos_subscribes_reliable_to_reliable_publishers_and_gets_every_frame(
@@ -235,17 +205,11 @@ def test_auto_qos_subscribes_reliable_to_reliable_publishers_and_gets_every_fram
     pairs = 20
     height, width = 480, 640
     for index in range(pairs):
-        stamp = BASE_NS + index * 100_000_000
-        ir = array_to_msg(synthetic_ir(index, height, width), "mono8")
-        visible = array_to_msg(synthetic_visible(index, height, width), "bgr8")
-        harness.publish_pair(
-            stamped(ir, stamp - 3_000_000, "synthetic_ir_optical"),
-            stamped(visible, stamp, VISIBLE_FRAME),
-        )
+        harness.publish_pair(*make_pair(index, BASE_NS, height=height, width=width))
         time.sleep(0.1)
 
     def counted_pairs() -> int:
-        return int((harness.node_status() or {}).get("pairs", 0))
+        return int(harness.status().get("pairs", 0))
 
     try:
         harness.wait_for(lambda: counted_pairs() >= pairs, 60.0, f"{pairs} pairs in diagnostics")
@@ -257,8 +221,7 @@ def test_auto_qos_subscribes_reliable_to_reliable_publishers_and_gets_every_fram
     assert status["qos"] == "auto depth 50: ir reliable, visible reliable"
 
     def fused_or_superseded() -> int:
-        superseded = int((harness.node_status() or {}).get("drops.superseded", 0))
-        return len(harness.received.get("fused")) + superseded
+        return harness.fused_count() + harness.drops("superseded")
 
     harness.wait_for(lambda: fused_or_superseded() >= pairs, 120.0, "every pair processed")
     fused = harness.received.get("fused")
@@ -289,7 +252,7 @@ def test_auto_qos_follows_a_best_effort_publisher_and_back(auto_node) -> None:
         assert "synthetic_best_effort_camera offer best effort" in log
         assert all_subscriptions_are(rig, "/in_auto/ir/image", ReliabilityPolicy.RELIABLE)
         harness.wait_for(
-            lambda: "visible best effort" in (harness.node_status() or {}).get("qos", ""),
+            lambda: "visible best effort" in harness.status().get("qos", ""),
             10.0,
             "diagnostics to report the visible input best effort",
         )
@@ -323,98 +286,88 @@ def test_compressed_inputs_one_remap_and_camera_info_out(
     namespace = "/in_comp"
     camera_ns = "/synthetic_cams/visible"
     log_path = tmp_path / "fusion_node.log"
-    process = start_node(
+    with node_session(
         namespace,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "diagnostics_period:=0.5",
-        "ir_transport:=compressed",
-        "visible_transport:=compressed",
+        *fixture_params(
+            fixture_bundle,
+            "diagnostics_period:=0.5",
+            "ir_transport:=compressed",
+            "visible_transport:=compressed",
+        ),
         log_path=log_path,
         remaps=(f"visible/image:={camera_ns}/image_raw",),
-    )
-    harness = Harness(namespace)
-    rig = harness.node
-    pub_ir = rig.create_publisher(CompressedImage, f"{namespace}/ir/image/compressed", QOS)
-    pub_visible = rig.create_publisher(CompressedImage, f"{camera_ns}/image_raw/compressed", QOS)
-    pub_info = rig.create_publisher(CameraInfo, f"{camera_ns}/camera_info", QOS)
-    for topic in ("camera_info", "segmentation/camera_info"):
-        harness.subs.append(
-            rig.create_subscription(
-                CameraInfo,
-                f"{harness.node_ns}/{topic}",
-                lambda msg, topic=topic: harness.received.add(topic, msg),
-                QOS,
+        log_tail=0,
+    ) as (harness, process):
+        rig = harness.node
+        pub_ir = rig.create_publisher(CompressedImage, f"{namespace}/ir/image/compressed", QOS)
+        pub_visible = rig.create_publisher(
+            CompressedImage, f"{camera_ns}/image_raw/compressed", QOS
+        )
+        pub_info = rig.create_publisher(CameraInfo, f"{camera_ns}/camera_info", QOS)
+        for topic in ("camera_info", "segmentation/camera_info"):
+            harness.subscribe(CameraInfo, topic)
+        try:
+            harness.wait_for(
+                lambda: matched((pub_ir, pub_visible, pub_info), harness.subs),
+                60.0,
+                "discovery of the compressed inputs, the camera_info input and the outputs",
             )
-        )
-    try:
-        harness.wait_for(
-            lambda: (
-                all(p.get_subscription_count() > 0 for p in (pub_ir, pub_visible, pub_info))
-                and all(sub.get_publisher_count() > 0 for sub in harness.subs)
-            ),
-            60.0,
-            "discovery of the compressed inputs, the camera_info input and the outputs",
-        )
-        wait_for_model(harness)
-        info = synthetic_camera_info()
-        sent_stamps = []
-        pairs = 6
-        for index in range(pairs):
-            stamp = BASE_NS + index * 100_000_000
-            pub_info.publish(stamped(info, stamp, VISIBLE_FRAME))
-            ir = array_to_compressed_msg(synthetic_thermal16(index), "mono16", "png")
-            codec_name = "jpeg" if index % 2 == 0 else "png"
-            visible = array_to_compressed_msg(synthetic_visible(index), "bgr8", codec_name)
-            pub_ir.publish(stamped(ir, stamp - 3_000_000, "synthetic_ir_optical"))
-            pub_visible.publish(stamped(visible, stamp, VISIBLE_FRAME))
-            sent_stamps.append(stamp)
-            time.sleep(0.15)
+            harness.wait_for_model()
+            info = synthetic_camera_info()
+            sent_stamps = []
+            pairs = 6
+            for index in range(pairs):
+                stamp = BASE_NS + index * 100_000_000
+                pub_info.publish(stamped(info, stamp, VISIBLE_FRAME))
+                ir = array_to_compressed_msg(synthetic_thermal16(index), "mono16", "png")
+                codec_name = "jpeg" if index % 2 == 0 else "png"
+                visible = array_to_compressed_msg(synthetic_visible(index), "bgr8", codec_name)
+                pub_ir.publish(stamped(ir, stamp - 3_000_000, IR_FRAME))
+                pub_visible.publish(stamped(visible, stamp, VISIBLE_FRAME))
+                sent_stamps.append(stamp)
+                time.sleep(0.15)
 
-        def superseded() -> int:
-            return int((harness.node_status() or {}).get("drops.superseded", 0))
-
-        harness.wait_for(
-            lambda: (
-                len(harness.received.get("fused")) + superseded() >= pairs
-                and len(harness.received.get("camera_info")) >= len(harness.received.get("fused"))
-            ),
-            60.0,
-            f"{pairs} fused images (or superseded) and their camera_info",
-        )
-        fused = harness.received.get("fused")
-        assert len(fused) >= 2, "both JPEG and PNG visible frames must get through"
-        assert process.poll() is None
-        for msg in fused:
-            assert stamp_ns(msg.header) in sent_stamps
-            assert (msg.height, msg.width, msg.header.frame_id) == (HEIGHT, WIDTH, VISIBLE_FRAME)
-            index = (stamp_ns(msg.header) - BASE_NS) // 100_000_000
-            image = msg_to_array(msg)
-            grey = image.mean(axis=2) if image.ndim == 3 else image
-            # The 16-bit thermal square went through gain control: the hottest region, bright.
-            square = grey[36:60, 20 + 4 * index : 44 + 4 * index].mean()
-            assert square > 200 and square > grey[70:, :].mean() + 60, (index, square)
-        fused_headers = [(stamp_ns(m.header), m.header.frame_id) for m in fused]
-        infos = harness.received.get("camera_info")
-        assert [(stamp_ns(m.header), m.header.frame_id) for m in infos] == fused_headers
-        for out in infos:
-            assert (out.width, out.height) == (WIDTH, HEIGHT)
-            np.testing.assert_array_equal(out.k, info.k)
-            np.testing.assert_array_equal(out.p, info.p)
-        harness.wait_for(
-            lambda: len(harness.received.get("segmentation/camera_info")) >= len(fused),
-            10.0,
-            "segmentation camera_info",
-        )
-        seg_infos = harness.received.get("segmentation/camera_info")
-        assert [stamp_ns(m.header) for m in seg_infos] == [s for s, _ in fused_headers]
-        log = read_log(log_path)
-        assert f"{camera_ns}/image_raw/compressed" in log
-        assert f"{camera_ns}/camera_info" in log
-    except AssertionError:
-        print(read_log(log_path)[-6000:])
-        raise
-    finally:
-        harness.close()
-        stop_node(process)
+            harness.wait_for(
+                lambda: (
+                    harness.fused_count() + harness.drops("superseded") >= pairs
+                    and len(harness.received.get("camera_info")) >= harness.fused_count()
+                ),
+                60.0,
+                f"{pairs} fused images (or superseded) and their camera_info",
+            )
+            fused = harness.received.get("fused")
+            assert len(fused) >= 2, "both JPEG and PNG visible frames must get through"
+            assert process.poll() is None
+            for msg in fused:
+                assert stamp_ns(msg.header) in sent_stamps
+                assert (msg.height, msg.width, msg.header.frame_id) == (
+                    HEIGHT,
+                    WIDTH,
+                    VISIBLE_FRAME,
+                )
+                index = (stamp_ns(msg.header) - BASE_NS) // 100_000_000
+                image = msg_to_array(msg)
+                grey = image.mean(axis=2) if image.ndim == 3 else image
+                # The 16-bit thermal square went through gain control: the hottest region, bright.
+                square = grey[36:60, 20 + 4 * index : 44 + 4 * index].mean()
+                assert square > 200 and square > grey[70:, :].mean() + 60, (index, square)
+            fused_headers = [(stamp_ns(m.header), m.header.frame_id) for m in fused]
+            infos = harness.received.get("camera_info")
+            assert [(stamp_ns(m.header), m.header.frame_id) for m in infos] == fused_headers
+            for out in infos:
+                assert (out.width, out.height) == (WIDTH, HEIGHT)
+                np.testing.assert_array_equal(out.k, info.k)
+                np.testing.assert_array_equal(out.p, info.p)
+            harness.wait_for(
+                lambda: len(harness.received.get("segmentation/camera_info")) >= len(fused),
+                10.0,
+                "segmentation camera_info",
+            )
+            seg_infos = harness.received.get("segmentation/camera_info")
+            assert [stamp_ns(m.header) for m in seg_infos] == [s for s, _ in fused_headers]
+            log = read_log(log_path)
+            assert f"{camera_ns}/image_raw/compressed" in log
+            assert f"{camera_ns}/camera_info" in log
+        except AssertionError:
+            print(read_log(log_path)[-6000:])
+            raise

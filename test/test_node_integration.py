@@ -2,20 +2,14 @@
 
 The test process publishes synthetic IR (mono8) + visible (bgr8) pairs and checks every output
 topic: count, encoding, size, stamp and frame_id copied from the visible input, content.
-The helpers here are reused by test_node_bad_input.py.
+The helpers (node process, test rig, synthetic pairs) are in node_helpers.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,230 +17,45 @@ import cv2
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from node_helpers import (  # noqa: E402
+    HEIGHT,
+    OUTPUT_TOPICS,
+    VISIBLE_FRAME,
+    WIDTH,
+    fixture_params,
+    make_pair,
+    node_session,
+    read_log,
+    stamp_ns,
+    synthetic_ir,
+    synthetic_visible,
+)
 from std_msgs.msg import String  # noqa: E402
 
-from ros2_bilevel_fusion.messages.codec import array_to_msg, msg_to_array  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-VISIBLE_FRAME = "synthetic_visible_optical"
-# Deliberately not multiples of 32: the node must pad for the graph and crop back.
-HEIGHT, WIDTH = 90, 124
-QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
-OUTPUT_TOPICS = {
-    "fused": Image,
-    "segmentation": Image,
-    "segmentation/color": Image,
-    "debug_image": Image,
-    "detections/json": String,
-}
-
-
-def start_node(
-    namespace: str, *params: str, log_path: Path, remaps: tuple[str, ...] = ()
-) -> subprocess.Popen:
-    """fusion_node (`python -m ros2_bilevel_fusion.node.fusion_node`) in ``namespace``, with
-    ``-p`` for each of ``params`` and ``-r`` for each of ``remaps``.
-
-    The environment comes from conftest.
-    """
-    args = [
-        sys.executable,
-        "-m",
-        "ros2_bilevel_fusion.node.fusion_node",
-        "--ros-args",
-        "-r",
-        f"__ns:={namespace}",
-    ]
-    for param in params:
-        args += ["-p", param]
-    for remap in remaps:
-        args += ["-r", remap]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_node
-    process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    process.log_file = log  # type: ignore[attr-defined]
-    return process
-
-
-def stop_node(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    process.log_file.close()  # type: ignore[attr-defined]
-
-
-@dataclass
-class Received:
-    messages: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, topic: str, msg: Any) -> None:
-        with self.lock:
-            self.messages[topic].append(msg)
-
-    def get(self, topic: str) -> list[Any]:
-        with self.lock:
-            return list(self.messages[topic])
-
-
-class Harness:
-    """A test node in its own context: input publishers, output subscriptions, spinning."""
-
-    def __init__(self, namespace: str) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node("synthetic_camera_rig", namespace=namespace, context=self.context)
-        self.node_ns = f"{namespace}/fusion_node"
-        self.pub_ir = self.node.create_publisher(Image, "ir/image", QOS)
-        self.pub_visible = self.node.create_publisher(Image, "visible/image", QOS)
-        self.received = Received()
-        self.subs = []
-        for topic, msg_type in OUTPUT_TOPICS.items():
-            self.subs.append(
-                self.node.create_subscription(
-                    msg_type, f"{self.node_ns}/{topic}", self._callback(topic), QOS
-                )
-            )
-        self.subs.append(
-            self.node.create_subscription(
-                DiagnosticArray, "/diagnostics", self._diagnostics_callback, 10
-            )
-        )
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # context shut down while spinning
-            pass
-
-    def _callback(self, topic: str) -> Callable[[Any], None]:
-        return lambda msg: self.received.add(topic, msg)
-
-    def _diagnostics_callback(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            self.received.add("diagnostics", status)
-
-    def node_status(self) -> dict[str, str] | None:
-        """Key/values (+ 'level', 'message') of the newest status of our node, if any."""
-        for status in reversed(self.received.get("diagnostics")):
-            values = {kv.key: kv.value for kv in status.values}
-            if status.name.startswith(f"{self.node_ns}:"):
-                values["level"] = str(status.level[0])
-                values["message"] = status.message
-                return values
-        return None
-
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-    def wait_for_node_ready(self, timeout_s: float = 60.0) -> None:
-        """Publishers matched (the node's subscriptions) and outputs matched; model loaded."""
-        self.wait_for(
-            lambda: (
-                self.pub_ir.get_subscription_count() > 0
-                and self.pub_visible.get_subscription_count() > 0
-                and all(sub.get_publisher_count() > 0 for sub in self.subs)
-            ),
-            timeout_s,
-            "discovery between the test rig and fusion_node",
-        )
-        self.wait_for(
-            lambda: (self.node_status() or {}).get("backend", "none") != "none",
-            timeout_s,
-            "fusion_node to load its model (diagnostics backend != none)",
-        )
-
-    def publish_pair(self, ir_msg: Image, visible_msg: Image) -> None:
-        self.pub_ir.publish(ir_msg)
-        self.pub_visible.publish(visible_msg)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5)
-
-
-def synthetic_ir(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """Dark background, one hot 32x32 square that moves with the index."""
-    ir = np.full((height, width), 40, np.uint8)
-    x = 16 + 4 * index
-    ir[32:64, x : x + 32] = 250
-    return ir
-
-
-def synthetic_visible(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
-    """Horizontal grey ramp with a tint, so the colour restore has chroma to carry."""
-    ramp = np.linspace(0, 200, width, dtype=np.float32)[None, :].repeat(height, 0)
-    bgr = np.stack([ramp, ramp * 0.8 + 20, ramp * 0.5 + 40], axis=2)
-    return np.clip(bgr + index, 0, 255).astype(np.uint8)
-
-
-def make_pair(
-    index: int, base_ns: int, ir: np.ndarray | None = None, ir_encoding: str = "mono8"
-) -> tuple[Image, Image]:
-    """IR stamped 3 ms before the visible image (inside the default 50 ms slop)."""
-    stamp_ns = base_ns + index * 100_000_000
-    ir_msg = array_to_msg(synthetic_ir(index) if ir is None else ir, ir_encoding)
-    ir_msg.header.stamp.sec, ir_msg.header.stamp.nanosec = divmod(stamp_ns - 3_000_000, 10**9)
-    ir_msg.header.frame_id = "synthetic_ir_optical"
-    visible_msg = array_to_msg(synthetic_visible(index), "bgr8")
-    visible_msg.header.stamp.sec, visible_msg.header.stamp.nanosec = divmod(stamp_ns, 10**9)
-    visible_msg.header.frame_id = VISIBLE_FRAME
-    return ir_msg, visible_msg
-
-
-def stamp_ns(header: Any) -> int:
-    return header.stamp.sec * 10**9 + header.stamp.nanosec
+from ros2_bilevel_fusion.messages.codec import msg_to_array  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def running_node(fixture_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    namespace = "/it_good"
     log_path = tmp_path_factory.mktemp("node_log") / "fusion_node.log"
-    process = start_node(
-        namespace,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "qos:=reliable",
-        "qos_depth:=50",  # no silent DDS history drops if this process stalls under load
-        "diagnostics_period:=0.5",
+    with node_session(
+        "/it_good",
+        *fixture_params(
+            fixture_bundle,
+            "qos:=reliable",
+            "qos_depth:=50",  # no silent DDS history drops if this process stalls under load
+            "diagnostics_period:=0.5",
+        ),
         log_path=log_path,
-    )
-    harness = Harness(namespace)
-    try:
-        harness.wait_for_node_ready()
+    ) as (harness, process):
+        try:
+            harness.wait_for_node_ready()
+        except AssertionError:
+            print(read_log(log_path))
+            raise
         yield harness, process
-    except AssertionError:
-        print(log_path.read_text())
-        raise
-    finally:
-        harness.close()
-        stop_node(process)
-        print(log_path.read_text()[-4000:])
 
 
 PAIRS = 12
@@ -273,7 +82,7 @@ def test_every_output_topic_for_every_pair(running_node) -> None:
     visible_stamps = [stamp_ns(v.header) for _, v in sent]
 
     def superseded() -> int:
-        return int((harness.node_status() or {}).get("drops.superseded", 0))
+        return harness.drops("superseded")
 
     def have_all() -> bool:
         # Only the documented drop is tolerated: a pair superseded by a newer one while the
@@ -356,11 +165,7 @@ def test_segmentation_labels_are_fixture_classes(running_node) -> None:
 def test_diagnostics_report_counts_and_backend(running_node) -> None:
     harness, _ = running_node
     harness.wait_for(
-        lambda: (
-            int((harness.node_status() or {}).get("processed", 0))
-            >= len(harness.received.get("fused"))
-            > 0
-        ),
+        lambda: int(harness.status().get("processed", 0)) >= harness.fused_count() > 0,
         10.0,
         "diagnostics to count the processed pairs",
     )
@@ -398,10 +203,10 @@ def test_live_parameter_change_and_rejection(running_node) -> None:
     assert not rejected[0].successful
     accepted = set_params(Parameter("colour_output", value=False))
     assert accepted[0].successful
-    before = len(harness.received.get("fused"))
+    before = harness.fused_count()
     ir_msg, visible_msg = make_pair(0, 1_800_000_000 * 10**9)
     harness.publish_pair(ir_msg, visible_msg)
-    harness.wait_for(lambda: len(harness.received.get("fused")) > before, 10.0, "a fused image")
+    harness.wait_for(lambda: harness.fused_count() > before, 10.0, "a fused image")
     assert harness.received.get("fused")[-1].encoding == "mono8"
     set_params(Parameter("colour_output", value=True))
 
@@ -457,35 +262,26 @@ def test_sim_time_without_clock_still_serves_and_reports(
 ) -> None:
     """use_sim_time with no /clock publisher: diagnostics run on the steady clock, outputs keep
     the input stamps, latency is reported as n/a. Also the default input QoS (auto)."""
-    namespace = "/it_sim"
-    process = start_node(
-        namespace,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "use_sim_time:=true",
-        "diagnostics_period:=0.3",
-        log_path=tmp_path / "fusion_node.log",
-    )
-    harness = Harness(namespace)
-    try:
+    log_path = tmp_path / "fusion_node.log"
+    with node_session(
+        "/it_sim",
+        *fixture_params(fixture_bundle, "use_sim_time:=true", "diagnostics_period:=0.3"),
+        log_path=log_path,
+        log_tail=3000,
+    ) as (harness, _):
         harness.wait_for_node_ready()
         sent = [make_pair(i, 5 * 10**9) for i in range(3)]  # sim time: 5 s after start
         for ir_msg, visible_msg in sent:
             harness.publish_pair(ir_msg, visible_msg)
             time.sleep(0.1)
-        harness.wait_for(lambda: len(harness.received.get("fused")) >= 1, 20.0, "fused image")
+        harness.wait_for(lambda: harness.fused_count() >= 1, 20.0, "fused image")
         stamps = {stamp_ns(v.header) for _, v in sent}
         assert {stamp_ns(m.header) for m in harness.received.get("fused")} <= stamps
         harness.wait_for(
-            lambda: int((harness.node_status() or {}).get("processed", 0)) >= 1,
+            lambda: int(harness.status().get("processed", 0)) >= 1,
             10.0,
             "diagnostics under sim time",
         )
         status = harness.node_status()
         assert status["latency_ms"].startswith("n/a") and "latency_ms_p50" not in status
         assert status["qos"].startswith("auto")
-    finally:
-        harness.close()
-        stop_node(process)
-        print((tmp_path / "fusion_node.log").read_text()[-3000:])

@@ -18,11 +18,18 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from node_helpers import (  # noqa: E402
+    QOS,
+    make_pair,
+    matched,
+    spin_in_background,
+    stamp_ns,
+    wait_until,
+)
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from test_node_integration import QOS, make_pair, stamp_ns  # noqa: E402
 
 from ros2_bilevel_fusion.node import fusion_node  # noqa: E402
 
@@ -105,23 +112,12 @@ def test_message_filters_path_counts_unpaired_frames_and_drops_duplicate_stamps(
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     executor.add_node(rig)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-
-    def wait_for(condition, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    spinner = spin_in_background(executor)
 
     try:
         assert node._pairer is None  # the message_filters branch is the one under test
-        wait_for(
-            lambda: node._model is not None
-            and pub_ir.get_subscription_count() > 0
-            and pub_visible.get_subscription_count() > 0,
+        wait_until(
+            lambda: node._model is not None and matched([pub_ir, pub_visible]),
             60.0,
             "model and discovery",
         )
@@ -133,7 +129,7 @@ def test_message_filters_path_counts_unpaired_frames_and_drops_duplicate_stamps(
         ir3, visible3 = make_pair(3, base)
         pub_ir.publish(ir3)
         pub_visible.publish(visible3)
-        wait_for(lambda: len(fused) >= 1, 20.0, "the first fused image")
+        wait_until(lambda: len(fused) >= 1, 20.0, "the first fused image")
         # The visible driver resends frame 3 and a new IR frame lands within slop of it.
         ir_again, _ = make_pair(3, base)
         ir_again.header.stamp.nanosec += 1_000_000  # 2 ms before visible instead of 3 ms
@@ -142,8 +138,8 @@ def test_message_filters_path_counts_unpaired_frames_and_drops_duplicate_stamps(
         time.sleep(0.5)
         pub_ir.publish(make_pair(4, base)[0])
         pub_visible.publish(make_pair(4, base)[1])
-        wait_for(lambda: len(fused) >= 2, 20.0, "the second fused image")
-        wait_for(
+        wait_until(lambda: len(fused) >= 2, 20.0, "the second fused image")
+        wait_until(
             lambda: node._drops.snapshot().get("duplicate_output_stamp", 0) >= 1,
             10.0,
             "the duplicate stamp to be counted",

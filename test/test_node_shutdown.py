@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from test_node_integration import Harness, make_pair, start_node  # noqa: E402
+from node_helpers import fixture_params, make_pair, node_session  # noqa: E402
 
 CASES = [
     ("SIGINT", (signal.SIGINT,)),
@@ -37,17 +37,13 @@ def test_signal_ends_the_node_with_exit_0_and_no_traceback(
 ) -> None:
     log_path = tmp_path / "fusion_node.log"
     namespace = f"/it_sig{abs(hash((label, str(tmp_path)))) % 10**6}"
-    process = start_node(
+    with node_session(
         namespace,
-        f"bundle_path:={fixture_bundle}",
-        "backend:=onnxruntime",
-        "threads:=1",
-        "qos:=reliable",
-        "diagnostics_period:=0.2",
+        *fixture_params(fixture_bundle, "qos:=reliable", "diagnostics_period:=0.2"),
         log_path=log_path,
-    )
-    harness = Harness(namespace)
-    try:
+        log_tail=0,
+        terminate=False,  # a node still running after its signals is killed, not asked again
+    ) as (harness, process):
         harness.wait_for_node_ready()
         base = time.time_ns()
         for index in range(5):  # keep the inference thread busy
@@ -57,12 +53,6 @@ def test_signal_ends_the_node_with_exit_0_and_no_traceback(
             process.send_signal(number)
             time.sleep(0.05)
         code = process.wait(timeout=30)
-    finally:
-        harness.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        process.log_file.close()  # type: ignore[attr-defined]
     log = log_path.read_text()
     assert "Traceback" not in log, log[-3000:]
     assert code == 0, f"{label}: exit status {code}\n{log[-3000:]}"
