@@ -366,7 +366,7 @@ class YoloxDetector(nn.Module):
     """
 
     strides: tuple[int, ...] = YOLOX_STRIDES
-    head = "yolox"
+    bundle_head = "yolox"
 
     def __init__(self, num_classes: int, net: YoloxNano | None = None) -> None:
         super().__init__()
@@ -405,7 +405,7 @@ def build_detector(
 
 def detector_head(detector: nn.Module) -> str:
     """The bundle head name of a detector module (``fcos`` unless it says otherwise)."""
-    return str(getattr(detector, "head", "fcos"))
+    return str(getattr(detector, "bundle_head", "fcos"))
 
 
 def level_anchor_points(
