@@ -339,3 +339,45 @@ def test_second_stage_starts_from_weights_and_keeps_a_frozen_fusion_net(tmp_path
         not torch.equal(a, b)
         for a, b in zip(detector_before, second.nets["detector"].parameters(), strict=True)
     )
+
+
+def test_yolox_detector_trains_in_the_bilevel_loop_from_the_shipped_bundle(
+    tmp_path: Path, repo_root: Path
+) -> None:
+    """REAL weights: detector.arch yolox_nano from the COCO file, init_from the shipped bundle's
+    TorchScript file: its fusion net (and segmenter) are loaded, its FCOS detector skipped; two
+    bi-level steps give finite YOLOX lower/upper losses and a detector hypergradient; the
+    checkpoint names the arch and the pretrained file's sha256; a FCOS checkpoint cannot
+    resume a YOLOX run."""
+    weights = repo_root.parent / "shared" / "weights" / "yolox_nano_coco.onnx"
+    if not weights.is_file():
+        pytest.skip("no ../shared/weights/yolox_nano_coco.onnx")
+    from training.export import checkpoint_from_bundle
+    from training.models import YoloxDetector, build_detector
+
+    config = _tiny_config(
+        tmp_path, "detector.arch=yolox_nano",
+        "detector.pretrained=../shared/weights/yolox_nano_coco.onnx",
+        "init_from=models/default/model.pt", "steps=2", "warmup_steps=0",
+    )
+    trainer = Trainer(config, quiet=True)
+    shipped = checkpoint_from_bundle(repo_root / "models" / "default" / "model.pt")
+    for key, value in shipped["fusion"].items():
+        torch.testing.assert_close(trainer.fusion.state_dict()[key], value)
+    detector = trainer.nets["detector"]
+    assert isinstance(detector, YoloxDetector)
+    coco = build_detector(3, "yolox_nano", weights, [0, 1, 2])
+    for key, value in coco.state_dict().items():
+        torch.testing.assert_close(detector.state_dict()[key], value)
+    history = trainer.train()
+    last = history[-1]
+    assert torch.isfinite(torch.tensor(last["lower/detector"]))
+    assert any(k.startswith("hypergrad_norm/detector") for k in last), sorted(last)
+    state = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+    assert state["architecture"]["detector"] == {"num_classes": 3, "arch": "yolox_nano"}
+    assert state["detector_provenance"]["pretrained_detector_sha256"].startswith("695e750a")
+    fcos_checkpoint = tmp_path / "fcos.pt"
+    discriminator = trainer.nets["discriminator"].state_dict()
+    torch.save({**shipped, "discriminator": discriminator, "step": 0}, fcos_checkpoint)
+    with pytest.raises(ValueError, match="yolox_nano"):
+        trainer.load_checkpoint(fcos_checkpoint)
