@@ -178,3 +178,27 @@ def test_real_yolox_fine_tune_lowers_loss_and_raises_ap_on_train_pairs():
         assert person1 > person0
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_data
+def test_yolox_semantic_data_trains_on_the_train_range_only_and_evaluates_on_val():
+    from ros2_bilevel_fusion.evaluation.splits import MSRS_HOLDOUT_NAMES
+    from training.data import build_data
+
+    config = load_config(REPO / "training" / "configs" / "yolox_semantic.yaml")
+    data = build_data(config, REPO)
+    provenance = data.provenance
+    train = set(provenance["msrs_det_train_names"])
+    assert train == set(split_names("msrs_det:train", DATA))
+    assert not train & set(split_names("msrs_det:val", DATA))
+    assert not train & set(split_names("msrs_det:test", DATA))
+    assert not train & set(MSRS_HOLDOUT_NAMES)
+    assert not set(provenance["msrs_train_names"]) & set(MSRS_HOLDOUT_NAMES)
+    assert provenance["counts"]["labelled/msrs_det:train"] == len(train)
+    assert "labelled/synthetic" not in provenance["counts"]
+    val = data.extra_eval["msrs_det_val"]
+    assert set(val.names) == set(split_names("msrs_det:val", DATA))
+    item = val[0]  # full frame, merged boxes
+    assert tuple(item["ir"].shape[-2:]) == (480, 640)
+    sample = data.pools["labelled"][0]
+    assert tuple(sample["ir"].shape[-2:]) == (384, 384)
