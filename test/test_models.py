@@ -239,3 +239,34 @@ def test_class_lists_are_consistent() -> None:
     assert DETECTION_CLASSES == ("person", "bicycle", "car")
     assert SEGMENTATION_CLASSES[1:] == DETECTION_CLASSES
     assert len(SEGMENTATION_PALETTE) == len(SEGMENTATION_CLASSES)
+
+
+def test_yolox_detector_sees_the_fused_colour_image_as_bgr_0_255() -> None:
+    """SYNTHETIC inputs, fresh (random) YOLOX weights: ExportModel's yolox outputs are exactly
+    YoloxNano run on the fused colour image converted to BGR 0-255, in bundle order; the
+    architecture dict round-trips the arch, and an arch mismatch is refused."""
+    from training.colour import colour_image
+    from training.models import ExportModel, YoloxDetector, build_export_model, build_fusion
+
+    torch.manual_seed(0)
+    arch = {"fusion": "realtime", "detector": {"num_classes": 3, "arch": "yolox_nano"},
+            "segmenter": None}
+    model = build_export_model(arch).eval()
+    assert isinstance(model.detector, YoloxDetector)
+    assert model.architecture["detector"] == {"num_classes": 3, "arch": "yolox_nano"}
+    assert model.output_names == ["fused_y"] + [
+        f"det_{p}_s{s}" for s in (8, 16, 32) for p in ("reg", "obj", "cls")
+    ]
+    ir = torch.rand(1, 1, 64, 96)
+    ycrcb = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        outputs = model(ir, ycrcb)
+        rgb = colour_image(model.fusion(ir, ycrcb[:, :1]), ycrcb)
+        expected = [t for level in model.detector.net(rgb.flip(1) * 255.0) for t in level]
+    assert len(outputs) == 1 + 9
+    for got, want in zip(outputs[1:], expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert outputs[1].shape == (1, 4, 8, 12) and outputs[3].shape == (1, 3, 8, 12)
+    fcos_arch = {**arch, "detector": {"num_classes": 3}}
+    with pytest.raises(ValueError, match="detector does not match"):
+        ExportModel(build_fusion("realtime"), model.detector, None, fcos_arch)
