@@ -7,7 +7,8 @@ missing.
 * the node process: :func:`start_node` / :func:`stop_node`, :func:`node_session` (start, a
   :class:`Harness`, stop and the log's tail in one ``with``), :func:`fixture_params`;
 * waiting: :func:`wait_until` (a condition with a timeout), :func:`wait_for_matching`
-  (publishers and subscriptions matched), :func:`spin_in_background`;
+  (publishers and subscriptions matched), :func:`publish_until`, :func:`spin_in_background`;
+* parameters: :meth:`Harness.parameter_client`, :meth:`Harness.set_parameters`;
 * synthetic images: :func:`synthetic_ir`, :func:`synthetic_visible`, :func:`make_pair`,
   :func:`stamped`, :func:`stamp_ns`;
 * /diagnostics: :func:`status_values` (one status as key/values), :meth:`Harness.node_status`,
@@ -161,6 +162,24 @@ def wait_for_matching(
     wait_until(lambda: matched(publishers, subscriptions), timeout_s, what)
 
 
+def publish_until(
+    publish: Callable[[int], Any],
+    done: Callable[[], Any],
+    timeout_s: float = 20.0,
+    period_s: float = 0.1,
+) -> None:
+    """``publish(0)``, ``publish(1)``, ... every ``period_s`` until ``done()`` (checked after
+    each) or ``timeout_s``; no error on the timeout (the caller's assertions say what failed)."""
+    deadline = time.monotonic() + timeout_s
+    index = 0
+    while time.monotonic() < deadline:
+        publish(index)
+        index += 1
+        time.sleep(period_s)
+        if done():
+            return
+
+
 def spin_in_background(executor: Executor) -> threading.Thread:
     """``executor.spin()`` in a daemon thread; the end of its context ends it quietly."""
 
@@ -215,6 +234,7 @@ class Harness:
         self.pub_ir = self.node.create_publisher(Image, "ir/image", QOS)
         self.pub_visible = self.node.create_publisher(Image, "visible/image", QOS)
         self.received = Received()
+        self._parameter_client: Any = None
         self.subs = []
         for topic, msg_type in OUTPUT_TOPICS.items():
             self.subs.append(
@@ -292,6 +312,23 @@ class Harness:
     def publish_pair(self, ir_msg: Image, visible_msg: Image) -> None:
         self.pub_ir.publish(ir_msg)
         self.pub_visible.publish(visible_msg)
+
+    def parameter_client(self, timeout_s: float = 20.0) -> Any:
+        """fusion_node's AsyncParameterClient (made once), its services found (asserted)."""
+        if self._parameter_client is None:
+            from rclpy.parameter_client import AsyncParameterClient
+
+            self._parameter_client = AsyncParameterClient(self.node, self.node_ns)
+        assert self._parameter_client.wait_for_services(timeout_sec=timeout_s)
+        return self._parameter_client
+
+    def set_parameters(self, *params: Any) -> list[Any]:
+        """``ros2 param set`` through :meth:`parameter_client`: the SetParametersResult of each
+        of ``params`` (rclpy Parameter), 10 s for the reply."""
+        client = self._parameter_client or self.parameter_client()
+        future = client.set_parameters(list(params))
+        self.wait_for(future.done, 10.0, "set_parameters reply")
+        return future.result().results
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -205,7 +205,6 @@ def test_silent_camera_is_reported(fixture_node) -> None:
 
 def test_broken_bundle_keeps_node_alive_and_reloads(fixture_bundle: Path, tmp_path_factory) -> None:
     from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
 
     missing = tmp_path_factory.mktemp("no_bundle") / "synthetic_missing_bundle"
     with node_session(
@@ -229,11 +228,9 @@ def test_broken_bundle_keeps_node_alive_and_reloads(fixture_bundle: Path, tmp_pa
             "the pair without a model to be counted",
         )
 
-        client = AsyncParameterClient(harness.node, harness.node_ns)
-        assert client.wait_for_services(timeout_sec=20.0)
-        future = client.set_parameters([Parameter("bundle_path", value=str(fixture_bundle))])
-        harness.wait_for(future.done, 10.0, "set_parameters reply")
-        assert future.result().results[0].successful
+        harness.parameter_client()
+        result = harness.set_parameters(Parameter("bundle_path", value=str(fixture_bundle)))
+        assert result[0].successful
         harness.wait_for(
             lambda: harness.status().get("backend", "none").startswith("onnx"),
             30.0,

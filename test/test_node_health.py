@@ -22,13 +22,10 @@ from node_helpers import (  # noqa: E402
     fixture_params,
     make_pair,
     node_session,
+    publish_until,
     stamped,
     synthetic_ir,
 )
-
-
-def _status(harness: Harness) -> dict[str, str]:
-    return harness.status()
 
 
 def _now_ns() -> int:
@@ -72,13 +69,13 @@ def test_resume_after_common_pause_is_not_a_silent_camera(health_node) -> None:
     for index in range(8, 16):  # visible alone for 0.8 s
         harness.pub_visible.publish(make_pair(index, base)[1])
         time.sleep(0.1)
-        seen.append(_status(harness))
+        seen.append(harness.status())
     time.sleep(0.3)  # two more diagnostics periods with the visible frames received
-    seen.append(_status(harness))
+    seen.append(harness.status())
     for index in range(16, 24):  # then IR is back too
         harness.publish_pair(*make_pair(index, base))
         time.sleep(0.1)
-        seen.append(_status(harness))
+        seen.append(harness.status())
     assert all("silent_ir_s" not in status for status in seen), [
         s.get("message") for s in seen if "silent_ir_s" in s
     ]
@@ -92,19 +89,15 @@ def test_no_pairs_warning_names_the_stamp_offset(health_node) -> None:
     harness, _, log_path = health_node
     _quiet(harness)
     base = _now_ns()
-    deadline = time.monotonic() + 20.0
-    index = 0
 
-    while time.monotonic() < deadline:
+    def publish(index: int) -> None:
         ir_msg, visible_msg = make_pair(index, base)
         stamped(visible_msg, base + index * 300_000_000)
         stamped(ir_msg, base + index * 300_000_000 + 150_000_000)
         harness.publish_pair(ir_msg, visible_msg)
-        index += 1
-        time.sleep(0.1)
-        if "no pair formed" in _status(harness).get("message", ""):
-            break
-    status = _status(harness)
+
+    publish_until(publish, lambda: "no pair formed" in harness.status().get("message", ""))
+    status = harness.status()
     assert status["level"] == "1", status
     assert "150.0 ms apart" in status["message"] and "slop 50.0 ms" in status["message"]
     assert float(status["stamp_offset_ms"]) == pytest.approx(150.0, abs=0.5)
@@ -118,18 +111,15 @@ def test_slow_stream_warns_with_both_rates(health_node) -> None:
     harness, _, log_path = health_node
     _quiet(harness)
     base = _now_ns()
-    deadline = time.monotonic() + 20.0
-    index = 0
-    while time.monotonic() < deadline:
+
+    def publish(index: int) -> None:
         ir_msg, visible_msg = make_pair(index, base)
         if index % 5 == 0:
             harness.pub_ir.publish(ir_msg)
         harness.pub_visible.publish(visible_msg)
-        index += 1
-        time.sleep(0.1)
-        if "below half of visible" in _status(harness).get("message", ""):
-            break
-    status = _status(harness)
+
+    publish_until(publish, lambda: "below half of visible" in harness.status().get("message", ""))
+    status = harness.status()
     assert status["level"] == "1" and "ir arrives at" in status["message"], status
     assert float(status["rate_ir_hz"]) < 0.5 * float(status["rate_visible_hz"])
     harness.wait_for(
@@ -148,16 +138,16 @@ def test_latency_is_measured_on_one_clock(health_node) -> None:
             time.sleep(0.1)
 
     send(_now_ns(), 5)
-    harness.wait_for(lambda: "latency_ms_p50" in _status(harness), 15.0, "a latency")
-    assert 0.0 <= float(_status(harness)["latency_ms_p50"]) < 10_000.0
+    harness.wait_for(lambda: "latency_ms_p50" in harness.status(), 15.0, "a latency")
+    assert 0.0 <= float(harness.status()["latency_ms_p50"]) < 10_000.0
     bag_base = 1_600_000_000 * 10**9  # September 2020
     send(bag_base, 5)
     harness.wait_for(
-        lambda: _status(harness).get("latency_ms", "").startswith("n/a (input stamps"),
+        lambda: harness.status().get("latency_ms", "").startswith("n/a (input stamps"),
         15.0,
         "latency reported as unavailable",
     )
-    status = _status(harness)
+    status = harness.status()
     assert "latency_ms_p50" not in status
     assert float(status["stamp_clock_offset_s"]) > 86400 * 365
 
@@ -174,7 +164,7 @@ def test_nonfinite_and_huge_thermal_pixels(health_node) -> None:
     before = harness.fused_count()
     harness.publish_pair(*make_pair(0, base, ir=thermal, ir_encoding="32FC1"))
     harness.wait_for(
-        lambda: int(_status(harness).get("nonfinite_pixels_ir", 0)) >= 8, 15.0, "the count"
+        lambda: int(harness.status().get("nonfinite_pixels_ir", 0)) >= 8, 15.0, "the count"
     )
     harness.wait_for(lambda: harness.fused_count() > before, 10.0, "a fused image")
     log = log_path.read_text()
@@ -188,17 +178,14 @@ def test_high_drop_ratio_warns_with_the_reason(health_node) -> None:
     harness, _, log_path = health_node
     _quiet(harness)
     base = _now_ns()
-    deadline = time.monotonic() + 20.0
-    index = 0
-    while time.monotonic() < deadline:
+
+    def publish(index: int) -> None:
         ir_msg, visible_msg = make_pair(index, base)
         ir_msg.encoding = "synthetic_unknown8"
         harness.publish_pair(ir_msg, visible_msg)
-        index += 1
-        time.sleep(0.1)
-        if "ended in no output" in _status(harness).get("message", ""):
-            break
-    status = _status(harness)
+
+    publish_until(publish, lambda: "ended in no output" in harness.status().get("message", ""))
+    status = harness.status()
     assert status["level"] == "1" and "100% of the" in status["message"], status
     assert "decode_error_ir" in status["message"] and float(status["drop_ratio"]) == 1.0
     harness.wait_for(
@@ -225,8 +212,8 @@ def test_never_seen_stream_is_reported_with_a_finite_time(
         for index in range(15):
             harness.pub_visible.publish(make_pair(index, base)[1])
             time.sleep(0.1)
-        harness.wait_for(lambda: "silent_ir_s" in _status(harness), 10.0, "silent IR")
-        status = _status(harness)
+        harness.wait_for(lambda: "silent_ir_s" in harness.status(), 10.0, "silent IR")
+        status = harness.status()
         assert 0.6 < float(status["silent_ir_s"]) < 60.0
         assert "never received" in status["message"] and "inf" not in status["message"]
         harness.wait_for(lambda: "(never received)" in log_path.read_text(), 10.0, "the log line")
@@ -252,7 +239,6 @@ def _bad_bundles(fixture_bundle: Path, root: Path) -> dict[str, Path]:
 
 def test_failed_reload_keeps_serving_the_old_model(fixture_bundle: Path, tmp_path_factory) -> None:
     from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
 
     root = tmp_path_factory.mktemp("bad_bundles")
     bad = _bad_bundles(fixture_bundle, root)
@@ -269,13 +255,10 @@ def test_failed_reload_keeps_serving_the_old_model(fixture_bundle: Path, tmp_pat
         log_tail=6000,
     ) as (harness, process):
         harness.wait_for_node_ready()
-        client = AsyncParameterClient(harness.node, harness.node_ns)
-        assert client.wait_for_services(timeout_sec=20.0)
+        harness.parameter_client()
 
         def set_param(name: str, value: str):
-            future = client.set_parameters([Parameter(name, value=value)])
-            harness.wait_for(future.done, 10.0, "set_parameters reply")
-            return future.result().results[0]
+            return harness.set_parameters(Parameter(name, value=value))[0]
 
         base = _now_ns()
         index = 0
@@ -302,14 +285,14 @@ def test_failed_reload_keeps_serving_the_old_model(fixture_bundle: Path, tmp_pat
             "missing_onnx": "is missing",
         }
         for name, text in expected.items():
-            failures = int(_status(harness).get("drops.model_load_error", 0))
+            failures = int(harness.status().get("drops.model_load_error", 0))
             assert set_param("bundle_path", str(bad[name])).successful
             harness.wait_for(
-                lambda f=failures: int(_status(harness).get("drops.model_load_error", 0)) > f,
+                lambda f=failures: int(harness.status().get("drops.model_load_error", 0)) > f,
                 30.0,
                 f"the failed load of {name}",
             )
-            status = _status(harness)
+            status = harness.status()
             assert status["level"] == "1", status
             assert text in status["model_reload_error"], (name, status["model_reload_error"])
             assert status["model"] == "fixture" and status["backend"].startswith("onnxruntime")
@@ -323,22 +306,22 @@ def test_failed_reload_keeps_serving_the_old_model(fixture_bundle: Path, tmp_pat
         except ImportError:
             assert set_param("bundle_path", str(fixture_bundle)).successful
             harness.wait_for(
-                lambda: "model_reload_error" not in _status(harness), 30.0, "a good reload"
+                lambda: "model_reload_error" not in harness.status(), 30.0, "a good reload"
             )
             assert set_param("backend", "tensorrt").successful
             harness.wait_for(
-                lambda: "tensorrt" in _status(harness).get("model_reload_error", ""),
+                lambda: "tensorrt" in harness.status().get("model_reload_error", ""),
                 30.0,
                 "the failed backend change",
             )
-            assert _status(harness)["backend"].startswith("onnxruntime")
+            assert harness.status()["backend"].startswith("onnxruntime")
             still_fuses()
             assert set_param("backend", "onnxruntime").successful
         # A good bundle again: the warning clears.
         assert set_param("bundle_path", str(fixture_bundle)).successful
         harness.wait_for(
             lambda: (
-                "model_reload_error" not in _status(harness) and _status(harness)["level"] == "0"
+                "model_reload_error" not in harness.status() and harness.status()["level"] == "0"
             ),
             30.0,
             "a clean status after a good reload",

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -182,52 +181,43 @@ def test_diagnostics_report_counts_and_backend(running_node) -> None:
 
 def test_live_parameter_change_and_rejection(running_node) -> None:
     from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
 
     harness, _ = running_node
-    client = AsyncParameterClient(harness.node, harness.node_ns)
-    assert client.wait_for_services(timeout_sec=20.0)
+    harness.parameter_client()
 
-    def set_params(*params: Parameter) -> list[Any]:
-        future = client.set_parameters(list(params))
-        harness.wait_for(future.done, 10.0, "set_parameters reply")
-        return future.result().results
-
-    rejected = set_params(Parameter("score_threshold", value=1.5))
+    rejected = harness.set_parameters(Parameter("score_threshold", value=1.5))
     assert not rejected[0].successful and rejected[0].reason
-    rejected = set_params(
+    rejected = harness.set_parameters(
         Parameter("agc_low_percentile", value=99.5),
     )
     assert not rejected[0].successful and "agc_high_percentile" in rejected[0].reason
-    rejected = set_params(Parameter("qos", value="reliable"))  # read-only: needs a restart
+    rejected = harness.set_parameters(
+        Parameter("qos", value="reliable")
+    )  # read-only: needs a restart
     assert not rejected[0].successful
-    accepted = set_params(Parameter("colour_output", value=False))
+    accepted = harness.set_parameters(Parameter("colour_output", value=False))
     assert accepted[0].successful
     before = harness.fused_count()
     ir_msg, visible_msg = make_pair(0, 1_800_000_000 * 10**9)
     harness.publish_pair(ir_msg, visible_msg)
     harness.wait_for(lambda: harness.fused_count() > before, 10.0, "a fused image")
     assert harness.received.get("fused")[-1].encoding == "mono8"
-    set_params(Parameter("colour_output", value=True))
+    harness.set_parameters(Parameter("colour_output", value=True))
 
 
 def test_raising_score_threshold_live_drops_the_weaker_detections(running_node) -> None:
     """``ros2 param set score_threshold`` through the parameter service: the next frame keeps
     only the detections above it; -1 gives the bundle's threshold back."""
     from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
 
     harness, _ = running_node
-    client = AsyncParameterClient(harness.node, harness.node_ns)
-    assert client.wait_for_services(timeout_sec=20.0)
+    harness.parameter_client()
     # IR brightening left to right: the fixture's IR class scores every strength in one frame.
     ramp_ir = np.tile(np.linspace(0, 255, WIDTH).astype(np.uint8), (HEIGHT, 1))
     base_ns = 1_900_000_000 * 10**9
 
     def set_threshold(value: float) -> None:
-        future = client.set_parameters([Parameter("score_threshold", value=value)])
-        harness.wait_for(future.done, 10.0, "set_parameters reply")
-        assert future.result().results[0].successful
+        assert harness.set_parameters(Parameter("score_threshold", value=value))[0].successful
 
     def scores_of_frame(index: int) -> list[float]:
         ir_msg, visible_msg = make_pair(index, base_ns, ir=ramp_ir)
