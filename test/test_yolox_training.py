@@ -195,10 +195,12 @@ def test_yolox_semantic_data_trains_on_the_train_range_only_and_evaluates_on_val
     assert not train & set(MSRS_HOLDOUT_NAMES)
     assert not set(provenance["msrs_train_names"]) & set(MSRS_HOLDOUT_NAMES)
     assert provenance["counts"]["labelled/msrs_det:train"] == len(train)
+    # msrs pairs lie in msrs_det:val's frame range: none in a pool that is chosen on val
+    assert "labelled/msrs" not in provenance["counts"]
     assert "labelled/synthetic" not in provenance["counts"]
     val = data.extra_eval["msrs_det_val"]
     assert set(val.names) == set(split_names("msrs_det:val", DATA))
     item = val[0]  # full frame, merged boxes
     assert tuple(item["ir"].shape[-2:]) == (480, 640)
     sample = data.pools["labelled"][0]
-    assert tuple(sample["ir"].shape[-2:]) == (384, 384)
+    assert tuple(sample["ir"].shape[-2:]) == (448, 448)

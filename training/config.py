@@ -119,6 +119,9 @@ class EvalConfig:
     score_metrics: list[str] = field(
         default_factory=lambda: ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"]
     )
+    # The logged scalar that chooses best.pt instead of the fusion-folder score, e.g.
+    # "eval/msrs_det_val/mAP50" for a stage that trains only the detector (null = fusion score).
+    select_metric: str | None = None
 
 
 @dataclass
@@ -245,8 +248,15 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError("crop must be a multiple of 32 (the detector's largest stride)")
     if config.data.labelled_crop is not None and int(config.data.labelled_crop) % 32:
         raise ValueError("data.labelled_crop must be a multiple of 32 (the detector's stride)")
-    if int(config.data.msrs_repeat) < 1:
-        raise ValueError("data.msrs_repeat must be >= 1")
+    if int(config.data.msrs_repeat) < 0:
+        raise ValueError("data.msrs_repeat must be >= 0 (0 = no MSRS pairs in the labelled pool)")
+    if int(config.data.msrs_repeat) and config.data.msrs_det_eval_split:
+        # Every msrs name lies in msrs_det:val's frame range (evaluation.splits): choosing on
+        # msrs_det:val after training on msrs would validate on training frames.
+        raise ValueError(
+            "data.msrs_repeat must be 0 with data.msrs_det_eval_split: msrs pairs lie in "
+            "msrs_det:val's frame range"
+        )
     if config.detector.arch not in DETECTOR_ARCHS:
         raise ValueError(
             f"detector.arch {config.detector.arch!r} not in {sorted(DETECTOR_ARCHS)}"

@@ -76,8 +76,6 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
     if labelled_crop % 32:
         raise ValueError("data.labelled_crop must be a multiple of 32 (the detector's stride)")
     msrs_repeat = int(dcfg.msrs_repeat)
-    if msrs_repeat < 1:
-        raise ValueError("data.msrs_repeat must be >= 1")
 
     def labelled_msrs(names: list[str], *, train: bool) -> datasets.PairFolder:
         return datasets.PairFolder(
@@ -95,7 +93,7 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         )
 
     labelled_parts: list[Dataset] = []
-    if msrs.is_dir() and msrs_train:
+    if msrs.is_dir() and msrs_train and msrs_repeat:
         part = labelled_msrs(msrs_train, train=True)
         # The same PairFolder repeated: each listing draws its own random crop per access.
         labelled_parts.extend([part] * msrs_repeat)

@@ -218,4 +218,11 @@ def evaluate(
                 continue
             scores = evaluate_semantic(fusion, detector, segmenter, dataset)
             out.update({f"eval/{label}/{k}": v for k, v in scores.items()})
+    if config.select_metric:
+        if config.select_metric not in out:
+            raise KeyError(
+                f"eval.select_metric {config.select_metric!r} was not measured; "
+                f"measured: {sorted(out)}"
+            )
+        out["score"] = out[config.select_metric]
     return out, image
