@@ -182,6 +182,9 @@ class TrainConfig:
     # semantic heads fine-tuned on a frozen bi-level fusion net (configs/default_semantic.yaml).
     # Unlike --resume, which continues the same run exactly.
     init_from: str | None = None
+    # The modules init_from loads (fusion, discriminator, detector, segmenter); null = all the
+    # run has. A stage that restarts the detector from its pretrained file lists the others.
+    init_modules: list[str] | None = None
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -257,6 +260,13 @@ def validate(config: TrainConfig) -> TrainConfig:
             "data.msrs_repeat must be 0 with data.msrs_det_eval_split: msrs pairs lie in "
             "msrs_det:val's frame range"
         )
+    unknown_modules = set(config.init_modules or ()) - {
+        "fusion", "discriminator", "detector", "segmenter"
+    }
+    if unknown_modules:
+        raise ValueError(f"init_modules: unknown modules {sorted(unknown_modules)}")
+    if config.init_modules is not None and not config.init_from:
+        raise ValueError("init_modules needs init_from")
     if config.detector.arch not in DETECTOR_ARCHS:
         raise ValueError(
             f"detector.arch {config.detector.arch!r} not in {sorted(DETECTOR_ARCHS)}"

@@ -188,6 +188,15 @@ class Trainer:
         """fusion_only with lr.fusion 0: the fusion net is a fixed input stage."""
         return self.mode == "fusion_only" and float(self.config.lr.fusion) == 0.0
 
+    def _set_train_modes(self) -> None:
+        """Train mode for what learns; eval mode for the frozen fusion net and for every module
+        whose learning rate is 0, so that nothing of theirs changes, BatchNorm running
+        statistics included (a stage that fine-tunes only the detector ships the segmenter it
+        started from, bit for bit)."""
+        self.fusion.train(not self.fusion_frozen)
+        for k, net in self.nets.items():
+            net.train(float(getattr(self.config.lr, k)) != 0.0)
+
     # -------------------------------------------------------------- batches
     def _batch(self, pool: str, stream: int) -> dict[str, Any]:
         dataset = self.data.pools[pool]
@@ -249,9 +258,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         seed_step(self.seed, self.step, self.info.rank)
         start = time.perf_counter()
-        self.fusion.train(not self.fusion_frozen)
-        for net in self.nets.values():
-            net.train()
+        self._set_train_modes()
         if self.fusion_frozen:
             # Only the modules learn: no fusion loss and no upper-level or fusion-pool batches,
             # which at a 256 px labelled crop were most of a step's time.
@@ -504,12 +511,18 @@ class Trainer:
             raise ValueError(
                 f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
             )
-        self.fusion.load_state_dict(state["fusion"])
+        wanted = None  # every module (an exact resume, or init_from without init_modules)
+        if not require_all and self.config.init_modules is not None:
+            wanted = set(self.config.init_modules)
+        if wanted is None or "fusion" in wanted:
+            self.fusion.load_state_dict(state["fusion"])
         saved_detector = state["architecture"].get("detector")
         saved_arch = Architecture.from_dict(
             {"fusion": self.config.fusion, "detector": saved_detector}
         ).detector_arch
         for k, net in self.nets.items():
+            if wanted is not None and k not in wanted:
+                continue  # init_modules leaves this module as built (pretrained or fresh)
             if k == "detector" and saved_detector and saved_arch != self.config.detector.arch:
                 # another detector architecture (stage 2 YOLOX from a FCOS bundle): keep this
                 # run's detector (pretrained or fresh); resuming needs the same one
@@ -553,9 +566,7 @@ class Trainer:
         )
         if self.writer is not None and image is not None:
             self.writer.add_image("eval/fused_0", image, self.step, dataformats="HW")
-        self.fusion.train(not self.fusion_frozen)
-        for net in self.nets.values():
-            net.train()
+        self._set_train_modes()
         return metrics
 
     # -------------------------------------------------------------- loop
