@@ -358,7 +358,8 @@ def test_yolox_detector_trains_in_the_bilevel_loop_from_the_shipped_bundle(
     config = _tiny_config(
         tmp_path, "detector.arch=yolox_nano",
         "detector.pretrained=../shared/weights/yolox_nano_coco.onnx",
-        "init_from=models/default/model.pt", "steps=2", "warmup_steps=0",
+        "init_from=models/default/model.pt", "init_modules=[fusion, segmenter]", "steps=2",
+        "warmup_steps=0",
     )
     trainer = Trainer(config, quiet=True)
     shipped = checkpoint_from_bundle(repo_root / "models" / "default" / "model.pt")
@@ -381,3 +382,41 @@ def test_yolox_detector_trains_in_the_bilevel_loop_from_the_shipped_bundle(
     torch.save({**shipped, "discriminator": discriminator, "step": 0}, fcos_checkpoint)
     with pytest.raises(ValueError, match="yolox_nano"):
         trainer.load_checkpoint(fcos_checkpoint)
+
+
+def test_a_module_with_lr_zero_changes_nothing_batchnorm_statistics_included(
+    tmp_path: Path,
+) -> None:
+    """A stage that fine-tunes only some modules ships the others bit for bit: a module whose
+    learning rate is 0 stays in eval mode, so its BatchNorm running statistics do not move
+    either (they did: a detector-only YOLOX stage changed 1.8 % of the segmenter's argmax)."""
+    config = _tiny_config(tmp_path, "lr.segmenter=0", "steps=3", "warmup_steps=0")
+    trainer = Trainer(config, quiet=True)
+    segmenter = trainer.nets["segmenter"]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in segmenter.modules())
+    before = {k: v.clone() for k, v in segmenter.state_dict().items()}
+    detector_before = [p.detach().clone() for p in trainer.nets["detector"].parameters()]
+    trainer.train()
+    for key, value in segmenter.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    assert any(  # while the modules that learn do learn
+        not torch.equal(a, b)
+        for a, b in zip(detector_before, trainer.nets["detector"].parameters(), strict=True)
+    )
+
+
+def test_init_modules_loads_only_the_listed_modules(tmp_path: Path) -> None:
+    first = _tiny_config(tmp_path / "first", "steps=2", "warmup_steps=0")
+    Trainer(first, quiet=True).train()
+    source = torch.load(tmp_path / "first" / "last.pt", map_location="cpu", weights_only=False)
+    config = _tiny_config(
+        tmp_path / "second", f"init_from={tmp_path / 'first' / 'last.pt'}",
+        "init_modules=[fusion]", "seed=7",
+    )
+    trainer = Trainer(config, quiet=True)
+    for key, value in source["fusion"].items():
+        torch.testing.assert_close(trainer.fusion.state_dict()[key], value)
+    loaded = trainer.nets["detector"].state_dict()
+    assert any(not torch.equal(loaded[k], v) for k, v in source["detector"].items())
+    with pytest.raises(ValueError, match="unknown modules"):
+        _tiny_config(tmp_path, f"init_from={tmp_path}", "init_modules=[critic]")
