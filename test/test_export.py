@@ -196,11 +196,12 @@ def test_tensorrt_without_tensorrt_exits_clearly(tmp_path: Path) -> None:
                      "--tensorrt"])
 
 
-def test_stage_two_export_of_the_shipped_weights_is_the_shipped_bundle(
+def test_yolox_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
     tmp_path: Path, repo_root: Path
 ) -> None:
-    """training.train's export path (export.export_checkpoint with the stage-2 config's export
-    section) on a trainer checkpoint of the shipped weights writes models/default again: the
+    """training.train's export path (export.export_checkpoint with the YOLOX stage's export
+    section, configs/yolox_semantic.yaml) on a trainer checkpoint of the shipped weights writes
+    models/default again: the
     same model.yaml apart from when and from which commit, and the same ONNX outputs (to float
     rounding)."""
     from ros2_bilevel_fusion.core.bundle import bundle_to_dict
@@ -210,17 +211,21 @@ def test_stage_two_export_of_the_shipped_weights_is_the_shipped_bundle(
     shipped = load_bundle(shipped_dir)
     architecture = shipped.provenance["architecture"]
     model = export.model_from_torchscript(shipped_dir / "model.pt", architecture)
-    config = load_config(repo_root / "training" / "configs" / "default_semantic.yaml")
+    config = load_config(repo_root / "training" / "configs" / "yolox_semantic.yaml")
     checkpoint = {
         "architecture": architecture,
         "fusion": model.fusion.state_dict(),
         "detector": model.detector.state_dict(),
         "segmenter": model.segmenter.state_dict(),
         "config": config.to_dict(),
-        "step": config.steps,
+        "step": shipped.provenance["step"],  # best.pt: the best msrs_det:val mAP@0.5
         "data": shipped.provenance["data"],
+        "metrics": shipped.provenance["metrics"],
+        "detector_provenance": {
+            k: v for k, v in shipped.provenance.items() if k.startswith("pretrained_detector")
+        },
     }
-    run_dir = tmp_path / "runs" / "default_semantic"
+    run_dir = tmp_path / "runs" / "yolox_semantic"
     run_dir.mkdir(parents=True)
     torch.save(checkpoint, run_dir / "last.pt")
     out = tmp_path / "bundle"
@@ -232,10 +237,10 @@ def test_stage_two_export_of_the_shipped_weights_is_the_shipped_bundle(
     rebuilt = load_bundle(out)
     mine, theirs = bundle_to_dict(rebuilt), bundle_to_dict(shipped)
     mine_provenance, theirs_provenance = mine.pop("provenance"), theirs.pop("provenance")
-    assert mine == theirs  # name, inputs, detection (threshold 0.6), segmentation, ...
+    assert mine == theirs  # name, inputs, detection (yolox, threshold 0.35), segmentation, ...
     assert set(mine_provenance) == set(theirs_provenance)
     assert rebuilt.torchscript_path.name == shipped.torchscript_path.name == "model.pt"
-    for key in ("architecture", "step", "data", "opset"):
+    for key in ("architecture", "step", "data", "opset", "metrics", "pretrained_detector_sha256"):
         assert mine_provenance[key] == theirs_provenance[key], key
     ir, visible = export._sample_inputs((96, 128), seed=5)
     feeds = {"ir": ir.numpy(), "visible_ycrcb": visible.numpy()}

@@ -190,7 +190,7 @@ def test_config_overrides_and_validation(tmp_path: Path) -> None:
         load_config(SMOKE, ["export.threshold=0.5"])
 
 
-def test_every_shipped_config_loads_and_stage_two_sets_the_shipped_threshold() -> None:
+def test_every_shipped_config_loads_and_the_yolox_stage_sets_the_shipped_threshold() -> None:
     from ros2_bilevel_fusion.core.bundle import load_bundle
 
     configs = sorted(SMOKE.parent.glob("*.yaml"))
@@ -198,15 +198,19 @@ def test_every_shipped_config_loads_and_stage_two_sets_the_shipped_threshold() -
     for path in configs:
         assert load_config(path).name == path.stem
     stage2 = load_config(SMOKE.parent / "default_semantic.yaml")
-    shipped = load_bundle(SMOKE.parents[2] / "models" / "default")
-    assert shipped.detection is not None
-    assert stage2.export.score_threshold == shipped.detection.score_threshold == 0.6
+    assert stage2.export.score_threshold == 0.6  # the FCOS stage 2 of the previous default
     assert stage2.init_from == "runs/default/last.pt" and stage2.steps == 4500
-    # the shipped bundle's recorded config is stage 2's (keys that exist in both)
+    yolox = load_config(SMOKE.parent / "yolox_semantic.yaml")
+    shipped = load_bundle(SMOKE.parents[2] / "models" / "default")
+    assert shipped.detection is not None and shipped.detection.head == "yolox"
+    assert yolox.export.score_threshold == shipped.detection.score_threshold == 0.35
+    assert yolox.export.name == shipped.name == "default"
+    assert yolox.init_from == "models/default/model.pt" and yolox.steps == 2000
+    # the shipped bundle's recorded config is the YOLOX stage's (keys that exist in both)
     recorded = shipped.provenance["config"]
-    current = stage2.to_dict()
+    current = yolox.to_dict()
     for key in ("seed", "mode", "steps", "batch_size", "crop", "lambdas", "lr", "fusion_loss",
-                "aggregation", "init_from"):
+                "aggregation", "init_from", "init_modules", "detector", "data"):
         value = current[key]
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k in recorded[key]}
