@@ -561,13 +561,13 @@ def test_nms_iou_and_max_detections_override_the_bundle_and_the_coco_files_resco
     from ros2_bilevel_fusion.core.bundle import load_bundle
 
     common = ["folder", "--bundle", str(DEFAULT_BUNDLE), "--split", "msrs_det:test",
-              "--data-root", str(shared_data), "--limit", "6", "--score-threshold", "0.01"]
+              "--data-root", str(shared_data), "--limit", "6", "--score-threshold", "0.0"]
     out = tmp_path / "override"
     assert evaluate.main([*common, "--nms-iou", "0.6", "--max-detections", "150",
                           "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     post = summary["postprocess"]
-    assert (post["score_threshold"], post["nms_iou"], post["max_detections"]) == (0.01, 0.6, 150)
+    assert (post["score_threshold"], post["nms_iou"], post["max_detections"]) == (0.0, 0.6, 150)
     assert post["nms_iou_source"] == post["max_detections_source"] == "command line"
     detection = summary["detection"]
     assert detection["max_dets"] == 150 and detection["labelled_images"] == 6
@@ -576,7 +576,7 @@ def test_nms_iou_and_max_detections_override_the_bundle_and_the_coco_files_resco
 
     results = json.loads((out / "detections_coco.json").read_text())
     per_image = np.bincount([r["image_id"] for r in results])[1:]
-    # At 0.01 the model has more than 100 candidates per image after NMS: the cap keeps 150.
+    # At 0.0 the model has more than 100 candidates per image after NMS: the cap keeps 150.
     assert per_image.max() == 150 and per_image.min() > 100
     assert set(results[0]) == {"image_id", "category_id", "bbox", "score"}
     truth = json.loads((out / "ground_truth_coco.json").read_text())

@@ -383,7 +383,12 @@ def test_yolox_detector_trains_in_the_bilevel_loop_from_the_shipped_bundle(
     assert state["detector_provenance"]["pretrained_detector_sha256"].startswith("695e750a")
     fcos_checkpoint = tmp_path / "fcos.pt"
     discriminator = trainer.nets["discriminator"].state_dict()
-    torch.save({**shipped, "discriminator": discriminator, "step": 0}, fcos_checkpoint)
+    fcos = {
+        **shipped, "discriminator": discriminator, "step": 0,
+        "architecture": {**shipped["architecture"], "detector": {"num_classes": 3}},  # FCOS form
+        "detector": build_detector(3, "fcos").state_dict(),
+    }
+    torch.save(fcos, fcos_checkpoint)
     with pytest.raises(ValueError, match="yolox_nano"):
         trainer.load_checkpoint(fcos_checkpoint)
 
