@@ -155,9 +155,16 @@ class Trainer:
             broadcast_module(net, self.info)
 
         lr = config.lr
-        self.optimizers: dict[str, torch.optim.Optimizer] = {
-            "fusion": torch.optim.Adam(self.fusion.parameters(), lr=float(lr.fusion))
-        }
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if any(True for _ in self.fusion.parameters()):
+            self.optimizers["fusion"] = torch.optim.Adam(
+                self.fusion.parameters(), lr=float(lr.fusion)
+            )
+        elif not self.fusion_frozen:
+            # a parameter-free fusion (visible / infrared / mean) has nothing to learn
+            raise ValueError(
+                f"fusion {config.fusion!r} has no parameters: use mode fusion_only with lr.fusion 0"
+            )
         for k, net in self.nets.items():
             betas = (0.5, 0.9) if k == "discriminator" else (0.9, 0.999)
             self.optimizers[k] = torch.optim.Adam(
@@ -507,14 +514,16 @@ class Trainer:
             state = checkpoint_from_bundle(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["architecture"]["fusion"] != self.config.fusion:
-            raise ValueError(
-                f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
-            )
         wanted = None  # every module (an exact resume, or init_from without init_modules)
         if not require_all and self.config.init_modules is not None:
             wanted = set(self.config.init_modules)
         if wanted is None or "fusion" in wanted:
+            # only a loaded fusion net must match (init_modules [segmenter] may take the
+            # segmenter of a realtime bundle into a run with another fusion)
+            if state["architecture"]["fusion"] != self.config.fusion:
+                raise ValueError(
+                    f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
+                )
             self.fusion.load_state_dict(state["fusion"])
         saved_detector = state["architecture"].get("detector")
         saved_arch = Architecture.from_dict(

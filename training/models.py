@@ -40,7 +40,10 @@ SEGMENTATION_PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 142),
 )
 DETECTOR_STRIDES: tuple[int, ...] = (8, 16, 32)
-FUSION_NAMES: tuple[str, ...] = ("paper", "realtime")
+# "visible", "infrared", "mean": parameter-free baselines (FixedFusion) for the detector
+# ablation configs/ablation_det_*.yaml (the same detector fine-tuned on a fixed input image)
+FIXED_FUSION_NAMES: tuple[str, ...] = ("visible", "infrared", "mean")
+FUSION_NAMES: tuple[str, ...] = ("paper", "realtime", *FIXED_FUSION_NAMES)
 # Detector architectures (config ``detector.arch``; architecture dict ``detector.arch``, absent =
 # "fcos" so checkpoints and bundles written before YOLOX load unchanged) -> bundle head name.
 DETECTOR_ARCHS: dict[str, str] = {"fcos": "fcos", "yolox_nano": "yolox"}
@@ -185,12 +188,45 @@ class RealtimeFusion(nn.Module):
         return fused.clamp(0.0, 1.0)
 
 
+class FixedFusion(nn.Module):
+    """Parameter-free fusion with the same forward as the learned nets (a baseline input stage).
+
+    * ``visible``: fused_y = visible Y
+    * ``infrared``: fused_y = IR
+    * ``mean``: fused_y = (IR + visible Y) / 2
+
+    Computed as ``w * IR + (1 - w) * Y`` with the constant w = 0, 1 or 0.5 (exact: 0 * x + y = y,
+    and halving is exact in floating point), so both inputs stay in the exported graph (the
+    runtime feeds both; an unused one would be dropped from the ONNX inputs), then clamped to
+    [0, 1] like ``realtime``'s output (a no-op for inputs in [0, 1]).
+    """
+
+    WEIGHTS = {"visible": 0.0, "infrared": 1.0, "mean": 0.5}
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in FIXED_FUSION_NAMES:
+            raise ValueError(f"unknown fixed fusion {kind!r}; expected one of {FIXED_FUSION_NAMES}")
+        self.kind = kind
+        self.weight = float(self.WEIGHTS[kind])  # a constant, not a parameter or buffer
+
+    def forward(self, ir: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
+        fused = self.weight * ir + (1.0 - self.weight) * vis_y
+        return fused.clamp(0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
 def build_fusion(name: str) -> nn.Module:
-    """``paper`` or ``realtime``; forward(ir [N,1,H,W], vis_y [N,1,H,W]) -> fused_y [N,1,H,W]."""
+    """``paper``, ``realtime`` or a fixed baseline (``visible``, ``infrared``, ``mean``);
+    forward(ir [N,1,H,W], vis_y [N,1,H,W]) -> fused_y [N,1,H,W]."""
     if name == "paper":
         return PaperFusion()
     if name == "realtime":
         return RealtimeFusion()
+    if name in FIXED_FUSION_NAMES:
+        return FixedFusion(name)
     raise ValueError(f"unknown fusion network {name!r}; expected one of {FUSION_NAMES}")
 
 
