@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -118,9 +119,14 @@ def make_fixture_model(
             helper.make_tensor_value_info("seg_logits", TensorProto.FLOAT, ["N", 4, "H", "W"])
         )
 
+    return _fixture_model(nodes, inits, outputs, "fixture_max_fusion", "untrained")
+
+
+def _fixture_model(nodes: list, inits: list, outputs: list, name: str, what: str) -> Any:
+    """The checked ONNX model of a fixture graph with the bundle's two inputs."""
     graph = helper.make_graph(
         nodes,
-        "fixture_max_fusion",
+        name,
         [
             helper.make_tensor_value_info("ir", TensorProto.FLOAT, ["N", 1, "H", "W"]),
             helper.make_tensor_value_info("visible_ycrcb", TensorProto.FLOAT, ["N", 3, "H", "W"]),
@@ -131,7 +137,7 @@ def make_fixture_model(
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", FIXTURE_OPSET)],
-        producer_name="ros2_bilevel_fusion test fixture (untrained)",
+        producer_name=f"ros2_bilevel_fusion test fixture ({what})",
     )
     model.ir_version = FIXTURE_IR_VERSION
     onnx.checker.check_model(model)
@@ -235,24 +241,7 @@ def make_yolox_model() -> onnx.ModelProto:
             inits += params
             shape = ["N", weight.shape[0], f"H/{stride}", f"W/{stride}"]
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
-    graph = helper.make_graph(
-        nodes,
-        "fixture_yolox_head",
-        [
-            helper.make_tensor_value_info("ir", TensorProto.FLOAT, ["N", 1, "H", "W"]),
-            helper.make_tensor_value_info("visible_ycrcb", TensorProto.FLOAT, ["N", 3, "H", "W"]),
-        ],
-        outputs,
-        initializer=inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", FIXTURE_OPSET)],
-        producer_name="ros2_bilevel_fusion test fixture (synthetic yolox head)",
-    )
-    model.ir_version = FIXTURE_IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    return _fixture_model(nodes, inits, outputs, "fixture_yolox_head", "synthetic yolox head")
 
 
 def make_yolox_bundle(folder: str | Path) -> Path:
