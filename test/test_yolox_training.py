@@ -59,7 +59,8 @@ ARCH = {
 def test_existing_configs_keep_fcos_and_yolox_semantic_is_valid():
     for path in sorted((REPO / "training" / "configs").glob("*.yaml")):
         config = load_config(path)
-        expected = "yolox_nano" if path.stem.startswith("yolox") else "fcos"
+        yolox_stage = path.stem.startswith(("yolox", "ablation_det_"))  # base: yolox_semantic
+        expected = "yolox_nano" if yolox_stage else "fcos"
         assert config.detector.arch == expected, path
     config = load_config(REPO / "training" / "configs" / "yolox_semantic.yaml")
     assert config.detector.pretrained and config.detector.keep_classes == [0, 1, 2]
