@@ -15,6 +15,7 @@ vision_msgs is imported only by the functions that need it: it is not on PyPI.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,18 +157,29 @@ def payload_stamp_ns(payload: Mapping[str, Any]) -> int | None:
     return dict_to_ns(stamp) if isinstance(stamp, Mapping) else None
 
 
-def detection2d_array_class() -> type | None:
-    """vision_msgs/Detection2DArray, or None where vision_msgs is not importable."""
+@functools.cache
+def _vision_msgs() -> tuple[type, type, type] | None:
+    """(Detection2DArray, Detection2D, ObjectHypothesisWithPose), imported once, or None where
+    vision_msgs is not importable (it is not on PyPI)."""
     try:
-        from vision_msgs.msg import Detection2DArray
+        from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
     except ImportError:
         return None
-    return Detection2DArray
+    return Detection2DArray, Detection2D, ObjectHypothesisWithPose
+
+
+def detection2d_array_class() -> type | None:
+    """vision_msgs/Detection2DArray, or None where vision_msgs is not importable."""
+    classes = _vision_msgs()
+    return classes[0] if classes is not None else None
 
 
 def to_detection2d_array(detections: Any, class_names: Sequence[str], header: Any) -> Any:
     """The pipeline's Detections -> vision_msgs/Detection2DArray (class_id holds the name)."""
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+    classes = _vision_msgs()
+    if classes is None:
+        raise ImportError("vision_msgs is not importable")
+    Detection2DArray, Detection2D, ObjectHypothesisWithPose = classes  # noqa: N806 (classes)
 
     array = Detection2DArray()
     array.header = header

@@ -18,6 +18,7 @@ from typing import Any
 
 from ros2_bilevel_fusion.backends import BACKEND_KINDS
 from ros2_bilevel_fusion.core.bundle import PreprocessSpec
+from ros2_bilevel_fusion.core.registration import parse_homography
 
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # auto: reliable when every publisher of the topic is reliable, else best effort (re-checked
@@ -235,8 +236,6 @@ def validate(params: FusionParameters, preprocessing: PreprocessSpec | None = No
     ``preprocessing``: the loaded bundle's, for the percentiles left to the bundle (< 0);
     without a bundle, the contract's defaults.
     """
-    from ros2_bilevel_fusion.core.registration import parse_homography
-
     if params.qos not in QOS_CHOICES:
         return f"qos must be one of {QOS_CHOICES}, got {params.qos!r}"
     for name in ("ir_transport", "visible_transport"):
