@@ -517,9 +517,7 @@ class FusionNode(Node):
             return None
         try:
             array, encoding = image_message_to_array(msg)  # cv_bridge where installed
-            # One reduction, no frame-sized temporary, in the usual all-finite case: a float64
-            # sum of float32/float64 pixels is finite exactly when every pixel is.
-            if array.dtype.kind == "f" and not np.isfinite(array.sum(dtype=np.float64)):
+            if array.dtype.kind == "f":
                 nonfinite = int(array.size - np.count_nonzero(np.isfinite(array)))
                 if nonfinite:
                     self._counters.add(f"nonfinite_pixels_{name}", nonfinite)
