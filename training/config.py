@@ -104,6 +104,10 @@ class DataConfig:
     # msrs_label_annotations (null = fusion, infrared, visible), listed msrs_det_repeat times.
     msrs_det_split: str | None = None
     msrs_det_repeat: int = 1
+    # Segmentation pseudo-labels for the msrs_det_split pairs (training.pseudo_masks: the
+    # DeepLabV3 teacher on IR and visible, merged, cut by the boxes), built into
+    # runs/pseudo_masks/<split> on first use; false = those pairs carry no mask.
+    msrs_det_pseudo_masks: bool = False
     # Extra semantic evaluation set (e.g. "msrs_det:val", where thresholds and checkpoints are
     # chosen), merged labels, full size; logged as eval/<split name with ':' -> '_'>/...
     msrs_det_eval_split: str | None = None

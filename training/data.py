@@ -11,6 +11,7 @@ The data sets themselves are :mod:`training.datasets` and :mod:`training.synthet
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ros2_bilevel_fusion.evaluation.ground_truth import MSRS_ANNOTATIONS
 from ros2_bilevel_fusion.evaluation.splits import split_folder, split_names
 from training import datasets
 from training.config import REPO_ROOT, TrainConfig
+from training.pseudo_masks import default_folder as pseudo_mask_folder
+from training.pseudo_masks import write_split
 from training.synthetic import SyntheticPairs
 
 
@@ -100,7 +103,9 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         counts["labelled/msrs"] = len(part) * msrs_repeat
     annotations = list(dcfg.msrs_label_annotations or MSRS_ANNOTATIONS)
 
-    def split_pairs(split: str, *, train: bool) -> datasets.PairFolder:
+    def split_pairs(
+        split: str, *, train: bool, masks_dir: Path | None = None
+    ) -> datasets.PairFolder:
         names = split_names(split, root)
         if train:
             leaked = set(names) & set(eval_names)
@@ -110,12 +115,22 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
             split_folder(split, root), names=names, labels_dir="labels",
             label_annotations=annotations, crop=labelled_crop, train=train,
             scale_range=labelled_scale_range,
+            masks_dir=str(masks_dir) if masks_dir is not None else None,
         )
 
     det_split = dcfg.msrs_det_split
     det_names: list[str] = []
+    pseudo_masks: dict[str, Any] = {}
     if det_split:
-        part = split_pairs(str(det_split), train=True)
+        masks_dir = None
+        if dcfg.msrs_det_pseudo_masks:
+            # Built once per split (cached by its manifest: teacher sha256, names, rule).
+            masks_dir = pseudo_mask_folder(str(det_split))
+            write_split(str(det_split), masks_dir, root)
+            manifest = json.loads((masks_dir / "manifest.json").read_text())
+            pseudo_masks = {k: manifest[k] for k in (
+                "rule_version", "teacher", "teacher_sha256", "teacher_licence")}
+        part = split_pairs(str(det_split), train=True, masks_dir=masks_dir)
         det_names = list(part.names)
         labelled_parts.extend([part] * int(dcfg.msrs_det_repeat))
         counts[f"labelled/{det_split}"] = len(part) * int(dcfg.msrs_det_repeat)
@@ -167,7 +182,8 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
             **(
                 {"msrs_det_split": det_split, "msrs_det_train_names": det_names,
                  "msrs_det_eval_split": dcfg.msrs_det_eval_split,
-                 "label_annotations": annotations}
+                 "label_annotations": annotations,
+                 **({"pseudo_masks": pseudo_masks} if pseudo_masks else {})}
                 if det_split or dcfg.msrs_det_eval_split else {}
             ),
         },

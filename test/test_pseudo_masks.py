@@ -1,0 +1,121 @@
+"""Segmentation pseudo-labels (training.pseudo_masks): the merge and box-cut rules on SYNTHETIC
+arrays, and the real DeepLabV3 teacher on one REAL msrs_det training pair (skips without
+../shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ros2_bilevel_fusion.evaluation.ground_truth import read_merged_labels
+from training import pseudo_masks
+from training.pseudo_masks import (
+    IGNORE_INDEX,
+    collapse_voc,
+    cut_by_boxes,
+    merge_modalities,
+    views,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TEACHER = REPO.parent / "shared" / "weights" / "deeplabv3_mobilenetv2_voc.onnx"
+needs_teacher = pytest.mark.skipif(
+    not TEACHER.is_file() or not (DATA / "msrs_det" / "ir").is_dir(),
+    reason="no ../shared/weights teacher or ../shared/data/msrs_det",
+)
+
+
+def _one_hot_voc(voc_id: int) -> np.ndarray:
+    probs = np.zeros((1, 1, 21), np.float32)
+    probs[..., voc_id] = 1.0
+    return probs
+
+
+@pytest.mark.parametrize(
+    ("voc_id", "segmentation_id"),
+    [(15, 1), (2, 2), (14, 2), (7, 3), (6, 3), (0, 0), (9, 0), (12, 0)],
+)
+def test_voc_classes_collapse_to_the_four_segmentation_classes(voc_id, segmentation_id):
+    collapsed = collapse_voc(_one_hot_voc(voc_id))
+    assert collapsed.shape == (1, 1, 4)
+    assert collapsed[0, 0].argmax() == segmentation_id
+    assert collapsed.sum() == pytest.approx(1.0)
+
+
+def test_modalities_merge_as_a_union_of_objects():
+    background = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    person = np.array([0.2, 0.8, 0.0, 0.0], np.float32)
+    ir = np.stack([person, background, background])[None]
+    visible = np.stack([background, background, person])[None]
+    assert merge_modalities(ir, visible).tolist() == [[1, 0, 1]]
+
+
+def test_box_cut_removes_objects_outside_their_boxes_and_ignores_missed_boxes():
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:6, 2:6] = 1  # a person inside the person box
+    labels[10:14, 2:6] = 1  # a "person" with no person box (teacher false positive)
+    boxes = np.array([[1, 1, 8, 8], [20, 10, 28, 18], [10, 9, 17, 15]], np.float64)
+    classes = np.array([0, 0, 2])  # person, person (missed by the teacher), car
+    cut = cut_by_boxes(labels, boxes, classes)
+    assert (cut[2:6, 2:6] == 1).all()
+    assert (cut[10:14, 2:6] == 0).all()  # outside every person box -> background
+    assert (cut[10:18, 20:28] == IGNORE_INDEX).all()  # missed person box -> unknown
+    assert (cut[9:15, 10:17] == IGNORE_INDEX).all()  # missed car box too
+    assert (cut[0, :] == 0).all()
+
+
+def test_views_cover_every_pixel_and_include_the_whole_frame():
+    height, width = 480, 640
+    cover = np.zeros((height, width), int)
+    for y0, x0, h, w in views(height, width):
+        assert y0 >= 0 and x0 >= 0 and y0 + h <= height and x0 + w <= width
+        cover[y0 : y0 + h, x0 : x0 + w] += 1
+    assert views(height, width)[0] == (0, 0, height, width)
+    assert cover.min() >= 2
+
+
+@needs_teacher
+def test_real_teacher_labels_people_inside_person_boxes_only(tmp_path):
+    name = "00681N"  # msrs_det:train, night, three people (the tallest 375 px)
+    folder = DATA / "msrs_det"
+    ir = cv2.imread(str(folder / "ir" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+    visible = cv2.imread(str(folder / "vi" / f"{name}.png"), cv2.IMREAD_COLOR)
+    boxes, classes = read_merged_labels(folder / "labels", name, ir.shape[1], ir.shape[0])
+    assert (classes == 0).any()
+    session = pseudo_masks.teacher_session(TEACHER, threads=1)
+    mask = pseudo_masks.pseudo_mask(session, ir, visible, boxes, classes)
+    assert mask.shape == ir.shape and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1, 2, 3, IGNORE_INDEX}
+    inside_person_box = np.zeros(ir.shape, bool)
+    for box, cls in zip(boxes.astype(int), classes, strict=True):
+        if cls == 0:
+            inside_person_box[max(box[1], 0) : box[3] + 1, max(box[0], 0) : box[2] + 1] = True
+    person = mask == 1
+    assert person.sum() > 200  # the teacher finds the people
+    assert not (person & ~inside_person_box).any()
+
+
+def test_written_split_is_reused_while_its_manifest_matches(tmp_path, monkeypatch):
+    """write_split skips the teacher when the folder's manifest matches (SYNTHETIC names)."""
+    monkeypatch.setattr(pseudo_masks, "split_names", lambda split, root: ["00300N"])
+    monkeypatch.setattr(pseudo_masks, "sha256_of", lambda path: "0" * 64)
+    for side in ("ir", "vi"):
+        (tmp_path / "msrs_det" / side).mkdir(parents=True)
+    out = tmp_path / "masks"
+    out.mkdir()
+    manifest = pseudo_masks._manifest("msrs_det:train", ["00300N"], Path("teacher.onnx"))
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the teacher ran although the cache matched")
+
+    monkeypatch.setattr(pseudo_masks, "teacher_session", fail)
+    assert pseudo_masks.write_split("msrs_det:train", out, tmp_path) == out
+    monkeypatch.setattr(pseudo_masks, "split_names", lambda split, root: ["00300N", "00304N"])
+    with pytest.raises(AssertionError, match="teacher ran"):
+        pseudo_masks.write_split("msrs_det:train", out, tmp_path)
