@@ -205,7 +205,7 @@ def test_every_shipped_config_loads_and_the_yolox_stage_sets_the_shipped_thresho
     assert shipped.detection is not None and shipped.detection.head == "yolox"
     assert yolox.export.score_threshold == shipped.detection.score_threshold == 0.35
     assert yolox.export.name == shipped.name == "default"
-    assert yolox.init_from == "models/default/model.pt" and yolox.steps == 2000
+    assert yolox.init_from == "runs/default_semantic/bundle/model.pt" and yolox.steps == 2000
     # the shipped bundle's recorded config is the YOLOX stage's (keys that exist in both)
     recorded = shipped.provenance["config"]
     current = yolox.to_dict()
