@@ -211,6 +211,31 @@ def test_segmentation_loss_ignores_unlabelled_pixels(synthetic_batch: dict) -> N
     assert torch.isfinite(weighted)
 
 
+def test_dice_term_penalises_an_all_background_answer_to_a_rare_class() -> None:
+    """SYNTHETIC 64x64 mask with a 4x4 person (0.4 % of the pixels), as MSRS persons are: cross-
+    entropy barely notices a segmenter that answers background everywhere; the Dice term does,
+    ignores unlabelled pixels and vanishes for a perfect answer."""
+    masks = torch.zeros(1, 64, 64, dtype=torch.long)
+    masks[0, 10:14, 20:24] = 1
+    background = torch.zeros(1, 4, 64, 64)
+    background[:, 0] = 6.0  # confident background everywhere
+    ce_only = segmentation_loss(background, masks)
+    with_dice = segmentation_loss(background, masks, dice_weight=1.0)
+    assert ce_only.item() < 0.05
+    assert with_dice.item() - ce_only.item() > 0.95  # Dice of the missed person ~1
+    perfect = torch.full((1, 4, 64, 64), -6.0)
+    perfect.scatter_(1, masks[:, None], 6.0)
+    assert segmentation_loss(perfect, masks, dice_weight=1.0).item() < 0.02
+    unlabelled_person = masks.clone()
+    unlabelled_person[masks == 1] = 255  # the person unknown: no foreground class, no Dice
+    assert segmentation_loss(background, unlabelled_person, dice_weight=1.0).item() == (
+        pytest.approx(segmentation_loss(background, unlabelled_person).item())
+    )
+    logits = background.clone().requires_grad_(True)
+    segmentation_loss(logits, masks, dice_weight=1.0).backward()
+    assert logits.grad[0, 1, 10:14, 20:24].max() < 0  # raises the person logit on the person
+
+
 def test_segmentation_loss_decreases_on_synthetic_pairs(synthetic_batch: dict) -> None:
     torch.manual_seed(0)
     segmenter = build_segmenter(4)

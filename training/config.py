@@ -179,6 +179,9 @@ class TrainConfig:
     # null = no cap. Without it the critic's term reached 1000x |grad_theta F| and the fused
     # image collapsed (runs/default phase 2, steps 800-1200).
     max_correction_ratio: float | None = 1.0
+    # Weight of the soft Dice term added to the segmenter's cross-entropy
+    # (losses.segmentation_loss); 0 = cross-entropy alone, as stages 1-3 were trained.
+    segmentation_dice: float = 0.0
     # losses.FusionLossWeights: its defaults are the loss module's.
     fusion_loss: FusionLossWeights = field(default_factory=FusionLossWeights)
     # Checkpoint whose network weights (fusion and every module it has that this run trains)

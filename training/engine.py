@@ -255,7 +255,10 @@ class Trainer:
             mask = batch["mask"]
             if not bool((mask != 255).any()):
                 return logits.sum() * 0.0  # no labelled pixel in this batch
-            return _loss_value(losses.segmentation_loss(logits, mask, ignore_index=255))
+            return _loss_value(losses.segmentation_loss(
+                logits, mask, ignore_index=255,
+                dice_weight=float(self.config.segmentation_dice),
+            ))
         raise KeyError(k)
 
     def _pool_of(self, k: str) -> str:

@@ -318,15 +318,42 @@ def detection_loss(
 
 
 def segmentation_loss(
-    logits: Tensor, masks: Tensor, ignore_index: int = 255, class_weights: Tensor | None = None
+    logits: Tensor,
+    masks: Tensor,
+    ignore_index: int = 255,
+    class_weights: Tensor | None = None,
+    dice_weight: float = 0.0,
 ) -> Tensor:
-    """Pixel cross-entropy; pixels equal to ignore_index (unlabelled) do not count.
+    """Pixel cross-entropy plus ``dice_weight`` x soft Dice loss of the foreground classes;
+    pixels equal to ignore_index (unlabelled) count in neither.
+
+    Why Dice: on MSRS pseudo-labels persons, bicycles and cars cover about 1 % of the pixels,
+    and cross-entropy alone taught the segmenter to answer "background" everywhere (person IoU
+    0.0 on the held-out masks after 150 steps of the perception ablation). The Dice term is
+    the mean over the foreground classes present in the batch of ``1 - 2|P.Y| / (|P| + |Y|)``
+    (P softmax probabilities, Y one-hot targets, sums over the labelled pixels of the batch),
+    which weighs a class by its overlap, not by its pixel count. Class 0 is background.
 
     A batch with no labelled pixel gives 0 (connected to the graph) rather than NaN.
     """
     masks = masks.to(device=logits.device, dtype=torch.long)
-    if not bool((masks != ignore_index).any()):
+    valid = masks != ignore_index
+    if not bool(valid.any()):
         return logits.sum() * 0.0
     if class_weights is not None:
         class_weights = class_weights.to(logits)
-    return F.cross_entropy(logits, masks, weight=class_weights, ignore_index=ignore_index)
+    loss = F.cross_entropy(logits, masks, weight=class_weights, ignore_index=ignore_index)
+    if dice_weight <= 0:
+        return loss
+    probabilities = logits.softmax(dim=1)
+    dice_terms = []
+    for class_id in range(1, logits.shape[1]):
+        target = (masks == class_id) & valid
+        if not bool(target.any()):
+            continue
+        p = probabilities[:, class_id][valid]
+        y = target[valid].to(p.dtype)
+        dice_terms.append(1.0 - 2.0 * (p * y).sum() / (p.sum() + y.sum()).clamp_min(1e-6))
+    if dice_terms:
+        loss = loss + dice_weight * torch.stack(dice_terms).mean()
+    return loss
