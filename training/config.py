@@ -24,7 +24,7 @@ import yaml
 
 from ros2_bilevel_fusion.core.bundle import DetectionSpec
 from training.losses import FusionLossWeights
-from training.models import DETECTOR_ARCHS
+from training.models import DETECTOR_ARCHS, SEGMENTER_ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("bilevel", "joint", "fusion_only")
@@ -147,6 +147,21 @@ class DetectorConfig:
 
 
 @dataclass
+class SegmenterConfig:
+    """The segmenter network (``training.models.build_segmenter``).
+
+    ``arch``: ``compact`` (the compact encoder-decoder; the default, so configs without this
+    section are unchanged) or ``yolox_nano`` (YOLOX-Nano's backbone and neck with a light
+    segmentation head). ``pretrained``: the YOLOX-Nano COCO ONNX file whose backbone and neck
+    start it (sha256 checked; in the provenance as ``pretrained_segmenter*``); null = fresh
+    weights (or those of ``init_from``).
+    """
+
+    arch: str = "compact"
+    pretrained: str | None = None
+
+
+@dataclass
 class ExportConfig:
     """The bundle train.py writes at the end (the same function as ``python -m
     training.export``). The detection defaults are the bundle contract's."""
@@ -193,6 +208,7 @@ class TrainConfig:
     # run has. A stage that restarts the detector from its pretrained file lists the others.
     init_modules: list[str] | None = None
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -280,6 +296,12 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if config.detector.arch == "fcos" and config.detector.pretrained:
         raise ValueError("detector.pretrained is only for detector.arch yolox_nano")
+    if config.segmenter.arch not in SEGMENTER_ARCHS:
+        raise ValueError(
+            f"segmenter.arch {config.segmenter.arch!r} not in {list(SEGMENTER_ARCHS)}"
+        )
+    if config.segmenter.arch == "compact" and config.segmenter.pretrained:
+        raise ValueError("segmenter.pretrained is only for segmenter.arch yolox_nano")
     split = config.data.msrs_det_split
     if split is not None and not str(split).endswith(":train"):
         raise ValueError(f"data.msrs_det_split must be a ':train' split, got {split!r}")

@@ -148,8 +148,18 @@ class Trainer:
                     **yolox_provenance(pretrained),
                     "pretrained_detector_keep_classes": [int(c) for c in dcfg.keep_classes],
                 }
+        self.segmenter_provenance: dict[str, str] = {}
         if "segmenter" in self.active:
-            self.nets["segmenter"] = build_segmenter(len(SEGMENTATION_CLASSES))
+            scfg = config.segmenter
+            seg_pretrained = REPO_ROOT / str(scfg.pretrained) if scfg.pretrained else None
+            self.nets["segmenter"] = build_segmenter(
+                len(SEGMENTATION_CLASSES), scfg.arch, seg_pretrained
+            )
+            if seg_pretrained is not None:
+                self.segmenter_provenance = {
+                    k.replace("pretrained_detector", "pretrained_segmenter"): v
+                    for k, v in yolox_provenance(seg_pretrained).items()
+                }
         broadcast_module(self.fusion, self.info)
         for net in self.nets.values():
             broadcast_module(net, self.info)
@@ -480,9 +490,15 @@ class Trainer:
             "architecture": {
                 "fusion": self.config.fusion,
                 "detector": det_arch,
-                "segmenter": {"num_classes": seg.num_classes} if seg is not None else None,
+                "segmenter": (
+                    None if seg is None
+                    else {"num_classes": seg.num_classes}
+                    if self.config.segmenter.arch == "compact"  # compact dicts stay as they were
+                    else {"num_classes": seg.num_classes, "arch": self.config.segmenter.arch}
+                ),
             },
             "detector_provenance": dict(self.detector_provenance),
+            "segmenter_provenance": dict(self.segmenter_provenance),
             "fusion": self.fusion.state_dict(),
             "detector": det.state_dict() if det is not None else None,
             "segmenter": seg.state_dict() if seg is not None else None,
@@ -532,9 +548,22 @@ class Trainer:
         saved_arch = Architecture.from_dict(
             {"fusion": self.config.fusion, "detector": saved_detector}
         ).detector_arch
+        saved_segmenter = state["architecture"].get("segmenter")
+        saved_seg_arch = Architecture.from_dict(
+            {"fusion": self.config.fusion, "segmenter": saved_segmenter}
+        ).segmenter_arch
         for k, net in self.nets.items():
             if wanted is not None and k not in wanted:
                 continue  # init_modules leaves this module as built (pretrained or fresh)
+            seg_arch = self.config.segmenter.arch
+            if k == "segmenter" and saved_segmenter and saved_seg_arch != seg_arch:
+                # another segmenter architecture: keep this run's (pretrained or fresh)
+                if require_all:
+                    raise ValueError(
+                        f"checkpoint segmenter {saved_seg_arch!r} is not "
+                        f"{self.config.segmenter.arch!r}"
+                    )
+                continue
             if k == "detector" and saved_detector and saved_arch != self.config.detector.arch:
                 # another detector architecture (stage 2 YOLOX from a FCOS bundle): keep this
                 # run's detector (pretrained or fresh); resuming needs the same one
@@ -548,6 +577,8 @@ class Trainer:
                 if k == "detector" and state.get("detector_provenance"):
                     # the loaded weights descend from that pretrained file
                     self.detector_provenance = dict(state["detector_provenance"])
+                if k == "segmenter" and state.get("segmenter_provenance"):
+                    self.segmenter_provenance = dict(state["segmenter_provenance"])
             elif require_all:
                 raise ValueError(f"checkpoint has no weights for {k}")
         return state

@@ -95,7 +95,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> ExportModel:
     if architecture.get("segmenter"):
         if checkpoint.get("segmenter") is None:
             raise ValueError("architecture has a segmenter but the checkpoint has no weights")
-        segmenter = build_segmenter(int(architecture["segmenter"]["num_classes"]))
+        segmenter = build_segmenter(
+            int(architecture["segmenter"]["num_classes"]),
+            str(architecture["segmenter"].get("arch", "compact")),
+        )
         segmenter.load_state_dict(checkpoint["segmenter"])
     return ExportModel.from_parts(fusion, detector, segmenter, architecture).eval()
 
@@ -341,6 +344,8 @@ def checkpoint_provenance(checkpoint: dict[str, Any], checkpoint_path: Path) -> 
         provenance["data"] = checkpoint["data"]
     # a pretrained detector's file, sha256 and licence (training.yolox.provenance()), top level
     provenance.update(checkpoint.get("detector_provenance") or {})
+    # likewise for a segmenter whose backbone came from that file (pretrained_segmenter*)
+    provenance.update(checkpoint.get("segmenter_provenance") or {})
     metrics = {
         k: float(v) for k, v in (checkpoint.get("metrics") or {}).items()
         if isinstance(v, (int, float)) and math.isfinite(v)

@@ -531,9 +531,62 @@ class CompactSegmenter(nn.Module):
         return F.interpolate(logits, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_segmenter(num_classes: int) -> CompactSegmenter:
-    """forward(rgb [N, 3, H, W] in [0, 1]) -> logits [N, C, H, W]."""
-    return CompactSegmenter(num_classes)
+class YoloxSegmenter(nn.Module):
+    """YOLOX-Nano's backbone and neck (COCO features) with a light segmentation head.
+
+    Why: the compact segmenter, trained on SYNTHETIC scenes and 4 masks, learns MSRS persons
+    slowly from pseudo-labels (person IoU 0.05 after 100 steps); COCO features already know
+    people, cars and bicycles. The head: each neck level (strides 8, 16, 32) through a 1x1
+    conv to 64 channels, upsampled to stride 8 and summed, a 3x3 conv with SiLU, a 1x1 conv to
+    the class logits, bilinear upsampling to the input size. The detector's head tensors are
+    dropped (``net.heads`` is empty), so the graph holds a second YOLOX backbone, not a shared
+    one (sharing it is the CPU issue's lever). Input: the RGB [0, 1] image every semantic net
+    sees; the BGR 0-255 conversion YOLOX was trained on is the first op.
+    """
+
+    arch = "yolox_nano"
+
+    def __init__(self, num_classes: int, net: YoloxNano | None = None, width: int = 64) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.net = net if net is not None else YoloxNano(1)
+        self.net.heads = nn.ModuleList()  # only the features are used
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in (64, 128, 256))
+        self.fuse = nn.Conv2d(width, width, 3, padding=1)
+        self.classifier = nn.Conv2d(width, self.num_classes, 1)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        p8, p16, p32 = self.net.features(rgb.flip(1) * 255.0)
+        size = p8.shape[-2:]
+        x = self.lateral[0](p8)
+        for conv, p in zip(self.lateral[1:], (p16, p32), strict=True):
+            x = x + F.interpolate(conv(p), size=size, mode="nearest")
+        logits = self.classifier(F.silu(self.fuse(x)))
+        return F.interpolate(logits, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+
+
+SEGMENTER_ARCHS: tuple[str, ...] = ("compact", "yolox_nano")
+
+
+def build_segmenter(
+    num_classes: int, arch: str = "compact", pretrained: str | Path | None = None
+) -> nn.Module:
+    """forward(rgb [N, 3, H, W] in [0, 1]) -> logits [N, C, H, W]. ``compact``: the compact
+    encoder-decoder (fresh). ``yolox_nano``: :class:`YoloxSegmenter`, its backbone and neck
+    from the YOLOX-Nano COCO file ``pretrained`` (sha256 checked), or fresh without one."""
+    if arch == "compact":
+        if pretrained:
+            raise ValueError("the compact segmenter has no pretrained file")
+        return CompactSegmenter(num_classes)
+    if arch == "yolox_nano":
+        net = load_yolox_nano_onnx(pretrained, [0]).train() if pretrained else None
+        return YoloxSegmenter(num_classes, net)
+    raise ValueError(f"segmenter arch must be one of {SEGMENTER_ARCHS}, got {arch!r}")
+
+
+def segmenter_arch(segmenter: nn.Module) -> str:
+    """The architecture name of a segmenter module (``compact`` unless it says otherwise)."""
+    return str(getattr(segmenter, "arch", "compact"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,6 +602,7 @@ class Architecture:
     detector_classes: int | None
     segmenter_classes: int | None
     detector_arch: str = "fcos"
+    segmenter_arch: str = "compact"
 
     @classmethod
     def from_dict(cls, architecture: dict[str, Any]) -> Architecture:
@@ -560,11 +614,15 @@ class Architecture:
         arch = str(detector.get("arch", "fcos")) if detector else "fcos"
         if arch not in DETECTOR_ARCHS:
             raise ValueError(f"architecture.detector.arch must be one of {sorted(DETECTOR_ARCHS)}")
+        seg_arch = str(segmenter.get("arch", "compact")) if segmenter else "compact"
+        if seg_arch not in SEGMENTER_ARCHS:
+            raise ValueError(f"architecture.segmenter.arch must be one of {SEGMENTER_ARCHS}")
         return cls(
             fusion=fusion,
             detector_classes=int(detector["num_classes"]) if detector else None,
             segmenter_classes=int(segmenter["num_classes"]) if segmenter else None,
             detector_arch=arch,
+            segmenter_arch=seg_arch,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -580,8 +638,15 @@ class Architecture:
                 if self.detector_classes
                 else None
             ),
+            # "arch" only when not compact, as for the detector
             "segmenter": (
-                {"num_classes": self.segmenter_classes} if self.segmenter_classes else None
+                (
+                    {"num_classes": self.segmenter_classes}
+                    if self.segmenter_arch == "compact"
+                    else {"num_classes": self.segmenter_classes, "arch": self.segmenter_arch}
+                )
+                if self.segmenter_classes
+                else None
             ),
         }
 
@@ -614,8 +679,11 @@ class ExportModel(nn.Module):
             raise ValueError(f"detector does not match architecture {architecture!r}")
         if (segmenter is None) != (parsed.segmenter_classes is None) or (
             segmenter is not None
-            and getattr(segmenter, "num_classes", parsed.segmenter_classes)
-            != parsed.segmenter_classes
+            and (
+                getattr(segmenter, "num_classes", parsed.segmenter_classes)
+                != parsed.segmenter_classes
+                or segmenter_arch(segmenter) != parsed.segmenter_arch
+            )
         ):
             raise ValueError(f"segmenter does not match architecture {architecture!r}")
         self.fusion = fusion
@@ -669,7 +737,11 @@ def build_export_model(architecture: dict[str, Any]) -> ExportModel:
         if parsed.detector_classes
         else None
     )
-    segmenter = build_segmenter(parsed.segmenter_classes) if parsed.segmenter_classes else None
+    segmenter = (
+        build_segmenter(parsed.segmenter_classes, parsed.segmenter_arch)
+        if parsed.segmenter_classes
+        else None
+    )
     return ExportModel(build_fusion(parsed.fusion), detector, segmenter, architecture)
 
 

@@ -230,6 +230,10 @@ class YoloxNano(nn.Module):
     def forward(
         self, x: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]:
+        return tuple(head(p) for head, p in zip(self.heads, self.features(x), strict=True))
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The neck's outputs at strides 8, 16, 32 (64, 128, 256 channels), before the heads."""
         c3 = self.stage3(self.stage2(self.stem(x)))  # stride 8, 64 ch
         c4 = self.stage4(c3)  # stride 16, 128 ch
         c5 = self.stage5(c4)  # stride 32, 256 ch
@@ -239,7 +243,7 @@ class YoloxNano(nn.Module):
         p8 = self.top_down8(torch.cat([self._up2(lat16), c3], dim=1))
         p16 = self.bottom_up16(torch.cat([self.down8(p8), lat16], dim=1))
         p32 = self.bottom_up32(torch.cat([self.down16(p16), lat32], dim=1))
-        return tuple(head(p) for head, p in zip(self.heads, (p8, p16, p32), strict=True))
+        return p8, p16, p32
 
 
 def output_names(strides: Sequence[int] = YOLOX_STRIDES) -> list[str]:

@@ -1,0 +1,99 @@
+"""The YOLOX-backbone segmenter (training.models.YoloxSegmenter): COCO features in, a bundle
+out, and a few REAL pseudo-labelled steps that move it (skips without ../shared/weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ros2_bilevel_fusion.backends import create_backend  # noqa: E402
+from ros2_bilevel_fusion.core.bundle import load_bundle  # noqa: E402
+from training import export  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.models import (  # noqa: E402
+    Architecture,
+    ExportModel,
+    YoloxSegmenter,
+    build_detector,
+    build_fusion,
+    build_segmenter,
+    segmenter_arch,
+)
+from training.yolox import load_yolox_nano_onnx  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO.parent / "shared" / "weights" / "yolox_nano_coco.onnx"
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="no ../shared/weights")
+ARCH = {
+    "fusion": "realtime",
+    "detector": {"num_classes": 3, "arch": "yolox_nano"},
+    "segmenter": {"num_classes": 4, "arch": "yolox_nano"},
+}
+
+
+def test_architecture_dict_round_trips_and_compact_dicts_stay_as_they_were():
+    parsed = Architecture.from_dict(ARCH)
+    assert parsed.segmenter_arch == "yolox_nano" and parsed.to_dict() == ARCH
+    compact = {"fusion": "realtime", "detector": None, "segmenter": {"num_classes": 4}}
+    assert Architecture.from_dict(compact).to_dict() == compact
+    with pytest.raises(ValueError, match="segmenter.arch"):
+        Architecture.from_dict({"fusion": "realtime", "segmenter": {"num_classes": 4, "arch": "x"}})
+    with pytest.raises(ValueError, match="segmenter"):  # module and architecture must agree
+        ExportModel(build_fusion("realtime"), None, build_segmenter(4), {
+            "fusion": "realtime", "detector": None, "segmenter": ARCH["segmenter"]})
+
+
+def test_config_section_is_checked():
+    smoke = REPO / "training" / "configs" / "smoke.yaml"
+    assert load_config(smoke).segmenter.arch == "compact"
+    with pytest.raises(ValueError, match="segmenter.arch"):
+        load_config(smoke, ["segmenter.arch=unet"])
+    with pytest.raises(ValueError, match="pretrained"):
+        load_config(smoke, ["segmenter.pretrained=x.onnx"])
+
+
+@needs_weights
+def test_segmenter_starts_from_the_coco_backbone_and_has_no_detection_head():
+    segmenter = build_segmenter(4, "yolox_nano", WEIGHTS)
+    assert isinstance(segmenter, YoloxSegmenter) and segmenter_arch(segmenter) == "yolox_nano"
+    assert len(segmenter.net.heads) == 0
+    coco = load_yolox_nano_onnx(WEIGHTS, [0])
+    for name, value in segmenter.net.state_dict().items():
+        torch.testing.assert_close(value, coco.state_dict()[name])
+    logits = segmenter(torch.rand(1, 3, 96, 128))
+    assert logits.shape == (1, 4, 96, 128)
+
+
+@needs_weights
+def test_bundle_with_the_yolox_segmenter_exports_with_parity_and_rebuilds(tmp_path):
+    torch.manual_seed(0)
+    detector = build_detector(3, "yolox_nano", WEIGHTS, [0, 1, 2])
+    segmenter = build_segmenter(4, "yolox_nano", WEIGHTS)
+    model = ExportModel(build_fusion("realtime"), detector, segmenter, ARCH).eval()
+    checkpoint = {
+        "architecture": ARCH, "fusion": model.fusion.state_dict(),
+        "detector": detector.state_dict(), "segmenter": segmenter.state_dict(), "step": 0,
+        "segmenter_provenance": {"pretrained_segmenter": WEIGHTS.name},
+    }
+    torch.save(checkpoint, tmp_path / "last.pt")
+    _, report = export.export_checkpoint(
+        tmp_path / "last.pt", tmp_path / "bundle", parity_sizes=[(256, 320)]
+    )
+    assert not export.parity_failed(report), report
+    bundle = load_bundle(tmp_path / "bundle" / "model.yaml")
+    assert bundle.provenance["architecture"]["segmenter"]["arch"] == "yolox_nano"
+    assert bundle.provenance["pretrained_segmenter"] == WEIGHTS.name
+    rebuilt = export.checkpoint_from_bundle(tmp_path / "bundle" / "model.pt")
+    for key, value in segmenter.state_dict().items():
+        torch.testing.assert_close(rebuilt["segmenter"][key], value)
+    ir = np.random.default_rng(0).random((1, 1, 96, 128), dtype=np.float32)
+    visible = np.random.default_rng(1).random((1, 3, 96, 128), dtype=np.float32)
+    out = create_backend("onnxruntime", bundle, threads=1).infer(ir, visible)
+    with torch.no_grad():
+        want = model(torch.from_numpy(ir), torch.from_numpy(visible))[-1].numpy()
+    assert out["seg_logits"].shape == (1, 4, 96, 128)
+    assert np.abs(out["seg_logits"] - want).max() < 1e-3
