@@ -59,6 +59,34 @@ def row_numbers(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def person_ap_by_time_of_day(run_dir: Path) -> dict[str, float]:
+    """Person AP@0.5 of the run's msrs_det:test detections on its day (``D``) and night
+    (``N``) pairs separately (pycocotools on the COCO files ``fusion-eval`` wrote)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    folder = run_dir / "eval_test"
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(folder / "ground_truth_coco.json"))
+        detections = truth.loadRes(str(folder / "detections_coco.json"))
+    out = {}
+    for label, suffix in (("day", "D"), ("night", "N")):
+        image_ids = [i["id"] for i in truth.dataset["images"]
+                     if Path(i["file_name"]).stem.endswith(suffix)]
+        evaluator = COCOeval(truth, detections, "bbox")
+        evaluator.params.imgIds = image_ids
+        evaluator.params.catIds = [1]  # person
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        out[f"{label} ({len(image_ids)} pairs)"] = float(evaluator.stats[1])  # AP@0.5
+    return out
+
+
 def _format(value: float, spread: float | None = None) -> str:
     if math.isnan(value):
         return "-"
@@ -73,7 +101,7 @@ def markdown(runs_root: Path, seeds: Sequence[int]) -> str:
     for row in ROWS:
         for seed in seeds:
             run_dir = runs_root / f"ablation_yolox_{row}_s{seed}"
-            if run_dir.is_dir():
+            if (run_dir / "eval_test" / "summary.json").is_file():
                 table.setdefault(row, {})[seed] = row_numbers(run_dir)
     parts = []
     for seed in seeds:
@@ -102,8 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default=str(REPO_ROOT / "runs"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--day-night", action="store_true",
+                        help="also person AP@0.5 on the day and the night test pairs")
     args = parser.parse_args(argv)
     print(markdown(Path(args.runs), args.seeds))
+    if args.day_night:
+        print("Person AP@0.5 on msrs_det:test by time of day:\n")
+        for row in ROWS:
+            for seed in args.seeds:
+                run_dir = Path(args.runs) / f"ablation_yolox_{row}_s{seed}"
+                if (run_dir / "eval_test" / "detections_coco.json").is_file():
+                    split = person_ap_by_time_of_day(run_dir)
+                    cells = ", ".join(f"{k} {v:.3f}" for k, v in split.items())
+                    print(f"* {ROW_LABELS[row]}, seed {seed}: {cells}")
     return 0
 
 
