@@ -201,16 +201,26 @@ def test_every_shipped_config_loads_and_the_yolox_stage_sets_the_shipped_thresho
     assert stage2.export.score_threshold == 0.6  # the FCOS stage 2 of the previous default
     assert stage2.init_from == "runs/default/last.pt" and stage2.steps == 4500
     yolox = load_config(SMOKE.parent / "yolox_semantic.yaml")
+    assert yolox.init_from == "runs/default_semantic/bundle/model.pt" and yolox.steps == 2000
+    # the shipped bundle names the config of its last stage, and that config still says what
+    # it was trained with (keys that exist in both)
     shipped = load_bundle(SMOKE.parents[2] / "models" / "default")
     assert shipped.detection is not None and shipped.detection.head == "yolox"
-    assert yolox.export.score_threshold == shipped.detection.score_threshold == 0.35
-    assert yolox.export.name == shipped.name == "default"
-    assert yolox.init_from == "runs/default_semantic/bundle/model.pt" and yolox.steps == 2000
-    # the shipped bundle's recorded config is the YOLOX stage's (keys that exist in both)
     recorded = shipped.provenance["config"]
-    current = yolox.to_dict()
+    assert recorded["name"] == "perception_semantic"
+    stage = load_config(SMOKE.parent / f"{recorded['name']}.yaml")
+    assert stage.export.score_threshold == shipped.detection.score_threshold
+    assert stage.export.name == shipped.name == "default"
+    assert stage.init_from == "runs/perception_bilevel/best.pt"
+    bilevel = load_config(SMOKE.parent / "perception_bilevel.yaml")
+    row_g = load_config(SMOKE.parent / "ablation_yolox_bilevel_dynamic.yaml")
+    # stage 4 is ablation row (g), seed 0: the same config but for its name and export
+    differs = {k for k, v in bilevel.to_dict().items() if row_g.to_dict()[k] != v}
+    assert differs == {"name", "export"}, differs
+    current = stage.to_dict()
     for key in ("seed", "mode", "steps", "batch_size", "crop", "lambdas", "lr", "fusion_loss",
-                "aggregation", "init_from", "init_modules", "detector", "data"):
+                "aggregation", "init_from", "init_modules", "detector", "segmenter", "data",
+                "segmentation_dice"):
         value = current[key]
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k in recorded[key]}

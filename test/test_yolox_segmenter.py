@@ -61,6 +61,11 @@ def test_segmenter_starts_from_the_coco_backbone_and_has_no_detection_head():
     segmenter = build_segmenter(4, "yolox_nano", WEIGHTS)
     assert isinstance(segmenter, YoloxSegmenter) and segmenter_arch(segmenter) == "yolox_nano"
     assert len(segmenter.net.heads) == 0
+    # the backbone is frozen unless asked: only the head's 4 convolutions learn
+    trainable = [n for n, p in segmenter.named_parameters() if p.requires_grad]
+    assert trainable and not any(n.startswith("net.") for n in trainable)
+    assert all(p.requires_grad for p in build_segmenter(4, "yolox_nano", train_backbone=True)
+               .parameters())
     coco = load_yolox_nano_onnx(WEIGHTS, [0])
     for name, value in segmenter.net.state_dict().items():
         torch.testing.assert_close(value, coco.state_dict()[name])

@@ -159,6 +159,8 @@ class SegmenterConfig:
 
     arch: str = "compact"
     pretrained: str | None = None
+    # yolox_nano only: also train the backbone and neck (default: the head alone)
+    train_backbone: bool = False
 
 
 @dataclass
@@ -197,6 +199,9 @@ class TrainConfig:
     # Weight of the soft Dice term added to the segmenter's cross-entropy
     # (losses.segmentation_loss); 0 = cross-entropy alone, as stages 1-3 were trained.
     segmentation_dice: float = 0.0
+    # Cross-entropy weight of the background class (the object classes weigh 1): MSRS objects
+    # are ~1 % of the pseudo-labelled pixels.
+    segmentation_background_weight: float = 1.0
     # losses.FusionLossWeights: its defaults are the loss module's.
     fusion_loss: FusionLossWeights = field(default_factory=FusionLossWeights)
     # Checkpoint whose network weights (fusion and every module it has that this run trains)

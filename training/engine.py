@@ -153,7 +153,7 @@ class Trainer:
             scfg = config.segmenter
             seg_pretrained = REPO_ROOT / str(scfg.pretrained) if scfg.pretrained else None
             self.nets["segmenter"] = build_segmenter(
-                len(SEGMENTATION_CLASSES), scfg.arch, seg_pretrained
+                len(SEGMENTATION_CLASSES), scfg.arch, seg_pretrained, scfg.train_backbone
             )
             if seg_pretrained is not None:
                 self.segmenter_provenance = {
@@ -178,7 +178,7 @@ class Trainer:
         for k, net in self.nets.items():
             betas = (0.5, 0.9) if k == "discriminator" else (0.9, 0.999)
             self.optimizers[k] = torch.optim.Adam(
-                net.parameters(), lr=float(getattr(lr, k)), betas=betas
+                _params(net), lr=float(getattr(lr, k)), betas=betas
             )
         agg = config.aggregation
         self.aggregator = DynamicAggregator(
@@ -265,8 +265,12 @@ class Trainer:
             mask = batch["mask"]
             if not bool((mask != 255).any()):
                 return logits.sum() * 0.0  # no labelled pixel in this batch
+            weights = None
+            if float(self.config.segmentation_background_weight) != 1.0:
+                weights = torch.ones(logits.shape[1])
+                weights[0] = float(self.config.segmentation_background_weight)
             return _loss_value(losses.segmentation_loss(
-                logits, mask, ignore_index=255,
+                logits, mask, ignore_index=255, class_weights=weights,
                 dice_weight=float(self.config.segmentation_dice),
             ))
         raise KeyError(k)
