@@ -119,3 +119,38 @@ def test_written_split_is_reused_while_its_manifest_matches(tmp_path, monkeypatc
     monkeypatch.setattr(pseudo_masks, "split_names", lambda split, root: ["00300N", "00304N"])
     with pytest.raises(AssertionError, match="teacher ran"):
         pseudo_masks.write_split("msrs_det:train", out, tmp_path)
+
+
+@pytest.mark.skipif(not (DATA / "msrs_det" / "ir").is_dir(), reason="no ../shared/data/msrs_det")
+def test_training_pool_reads_the_pseudo_masks_of_its_split(tmp_path, monkeypatch):
+    """data.msrs_det_pseudo_masks: the msrs_det:train pool carries the masks of the split's
+    folder (here SYNTHETIC masks written by a stand-in for the teacher) and the manifest's
+    teacher fields reach the provenance."""
+    from training import data as training_data
+    from training.config import load_config
+
+    def fake_write_split(split, out, data_root, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        for name in pseudo_masks.split_names(split, data_root):
+            mask = np.zeros((480, 640), np.uint8)
+            mask[100:200, 100:150] = 1  # a SYNTHETIC "person"
+            cv2.imwrite(str(out / f"{name}.png"), mask)
+        manifest = {"rule_version": 1, "teacher": "t.onnx", "teacher_sha256": "0" * 64,
+                    "teacher_licence": "Apache-2.0"}
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        return out
+
+    monkeypatch.setattr(training_data, "write_split", fake_write_split)
+    monkeypatch.setattr(training_data, "pseudo_mask_folder", lambda split: tmp_path / split)
+    config = load_config(
+        REPO / "training" / "configs" / "ablation_yolox_infrared.yaml",
+        ["data.labelled_scale_range=[1.0, 1.0]", "data.labelled_crop=640"],
+    )
+    built = training_data.build_data(config, REPO)
+    item = built.pools["labelled"][0]
+    assert item["has_mask"]
+    assert set(np.unique(item["mask"].numpy())) <= {0, 1, 255}
+    assert int((item["mask"] == 1).sum()) == 100 * 50
+    assert built.provenance["pseudo_masks"]["teacher_sha256"] == "0" * 64
+    off = load_config(REPO / "training" / "configs" / "yolox_semantic.yaml")
+    assert not off.data.msrs_det_pseudo_masks
