@@ -87,8 +87,8 @@ def person_ap_by_time_of_day(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def _format(value: float, spread: float | None = None) -> str:
-    if math.isnan(value):
+def _format(value: float | None, spread: float | None = None) -> str:
+    if value is None or math.isnan(value):  # strict JSON writes NaN as null
         return "-"
     digits = 2 if abs(value) >= 10 else 3
     text = f"{value:.{digits}f}"
@@ -118,6 +118,9 @@ def markdown(runs_root: Path, seeds: Sequence[int]) -> str:
         cells = []
         for column in COLUMNS:
             values = [by_seed[s][column] for s in by_seed]
+            if any(v is None or math.isnan(v) for v in values):
+                cells.append("-")
+                continue
             mean = sum(values) / len(values)
             cells.append(_format(mean, (max(values) - min(values)) / 2))
         lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + " |")
