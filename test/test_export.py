@@ -196,14 +196,13 @@ def test_tensorrt_without_tensorrt_exits_clearly(tmp_path: Path) -> None:
                      "--tensorrt"])
 
 
-def test_yolox_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
+def test_last_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
     tmp_path: Path, repo_root: Path
 ) -> None:
-    """training.train's export path (export.export_checkpoint with the YOLOX stage's export
-    section, configs/yolox_semantic.yaml) on a trainer checkpoint of the shipped weights writes
-    models/default again: the
-    same model.yaml apart from when and from which commit, and the same ONNX outputs (to float
-    rounding)."""
+    """training.train's export path (export.export_checkpoint with the export section of the
+    config the shipped bundle names, configs/perception_semantic.yaml) on a trainer checkpoint
+    of the shipped weights writes models/default again: the same model.yaml apart from when and
+    from which commit, and the same ONNX outputs (to float rounding)."""
     from ros2_bilevel_fusion.core.bundle import bundle_to_dict
     from training.config import load_config
 
@@ -211,7 +210,8 @@ def test_yolox_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
     shipped = load_bundle(shipped_dir)
     architecture = shipped.provenance["architecture"]
     model = export.model_from_torchscript(shipped_dir / "model.pt", architecture)
-    config = load_config(repo_root / "training" / "configs" / "yolox_semantic.yaml")
+    stage = shipped.provenance["config"]["name"]
+    config = load_config(repo_root / "training" / "configs" / f"{stage}.yaml")
     checkpoint = {
         "architecture": architecture,
         "fusion": model.fusion.state_dict(),
@@ -224,8 +224,11 @@ def test_yolox_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
         "detector_provenance": {
             k: v for k, v in shipped.provenance.items() if k.startswith("pretrained_detector")
         },
+        "segmenter_provenance": {
+            k: v for k, v in shipped.provenance.items() if k.startswith("pretrained_segmenter")
+        },
     }
-    run_dir = tmp_path / "runs" / "yolox_semantic"
+    run_dir = tmp_path / "runs" / stage
     run_dir.mkdir(parents=True)
     torch.save(checkpoint, run_dir / "last.pt")
     out = tmp_path / "bundle"
@@ -240,7 +243,8 @@ def test_yolox_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
     assert mine == theirs  # name, inputs, detection (yolox, threshold 0.35), segmentation, ...
     assert set(mine_provenance) == set(theirs_provenance)
     assert rebuilt.torchscript_path.name == shipped.torchscript_path.name == "model.pt"
-    for key in ("architecture", "step", "data", "opset", "metrics", "pretrained_detector_sha256"):
+    for key in ("architecture", "step", "data", "opset", "metrics", "pretrained_detector_sha256",
+                "pretrained_segmenter_sha256"):
         assert mine_provenance[key] == theirs_provenance[key], key
     ir, visible = export._sample_inputs((96, 128), seed=5)
     feeds = {"ir": ir.numpy(), "visible_ycrcb": visible.numpy()}
