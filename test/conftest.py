@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -40,3 +41,26 @@ def fixture_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fixture_bundle import make_fixture_bundle
 
     return make_fixture_bundle(tmp_path_factory.mktemp("fixture_bundle"))
+
+
+#: The commit whose models/default holds the networks stage 3 and the ablation rows start from
+#: (stage 1's fusion net, stage 2's segmenter): training/configs/yolox_semantic.yaml.
+STAGE2_COMMIT = "c5f95fa"
+
+
+@pytest.fixture(scope="session")
+def stage2_model_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.pt`` (with its ``model.yaml`` and ``model.onnx``) of the models/default of
+    :data:`STAGE2_COMMIT`,
+    from git history: what ``init_from`` of stage 3 and of the ablation rows loads, for a
+    clone without ``runs/``."""
+    out = tmp_path_factory.mktemp("stage2_bundle")
+    for name in ("model.pt", "model.yaml", "model.onnx"):
+        result = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "show", f"{STAGE2_COMMIT}:models/default/{name}"],
+            capture_output=True,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"git history without {STAGE2_COMMIT} (shallow clone?)")
+        (out / name).write_bytes(result.stdout)
+    return out / "model.pt"

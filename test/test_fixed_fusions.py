@@ -73,7 +73,7 @@ def test_ablation_config_differs_from_yolox_semantic_only_in_the_fusion(name: st
 
 
 def test_two_steps_of_the_mean_ablation_train_the_detector_only(
-    tmp_path: Path, shared_data: Path, repo_root: Path
+    tmp_path: Path, shared_data: Path, repo_root: Path, stage2_model_pt: Path
 ) -> None:
     from training.engine import Trainer
 
@@ -83,7 +83,7 @@ def test_two_steps_of_the_mean_ablation_train_the_detector_only(
         [
             "steps=2", "batch_size=1", "eval.every=0", "checkpoint_every=0",
             "tensorboard=false", "export.enabled=false", "data.labelled_crop=64",
-            f"out_dir={tmp_path}",
+            f"out_dir={tmp_path}", f"init_from={stage2_model_pt}",
         ],
     )
     trainer = Trainer(config, quiet=True)
