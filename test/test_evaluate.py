@@ -676,3 +676,35 @@ def test_reports_are_strict_json_with_nan_as_null(tmp_path) -> None:
     assert strict_json.dumps([np.int64(3), (1.5, -math.inf), {1: np.bool_(True)}]) == (
         '[3, [1.5, null], {"1": true}]'
     )
+
+
+def test_folder_mode_max_input_pixels_shrinks_the_network_input_not_the_outputs(
+    fixture_bundle, tno_subset, tmp_path
+):
+    """--max-input-pixels is the node's processing-size knob: the fused PNGs keep the visible
+    size, the report records the value, and the fused image differs from the full-size run
+    (REAL TNO pairs, the fixture bundle)."""
+    ir_dir, vi_dir = tno_subset
+    outputs = {}
+    for label, extra in (("full", []), ("small", ["--max-input-pixels", "20000"])):
+        out = tmp_path / label
+        code = evaluate.main(["folder", "--bundle", str(fixture_bundle), "--ir", str(ir_dir),
+                              "--vi", str(vi_dir), "--out", str(out), "--save-fused", *extra])
+        assert code == 0
+        outputs[label] = out
+    summary = json.loads((outputs["small"] / "summary.json").read_text())
+    assert summary["postprocess"]["max_input_pixels"] == 20000
+    full_png = sorted((outputs["full"] / "fused").glob("*.png"))
+    small_png = sorted((outputs["small"] / "fused").glob("*.png"))
+    assert [p.name for p in full_png] == [p.name for p in small_png] and full_png
+    for a, b in zip(full_png, small_png, strict=True):
+        full, small = cv2.imread(str(a)), cv2.imread(str(b))
+        visible = cv2.imread(str(vi_dir / a.name.replace("_fused", "")))
+        assert full.shape == small.shape
+        if visible is not None:
+            assert small.shape[:2] == visible.shape[:2]
+        assert not np.array_equal(full, small)  # the network really ran smaller
+    code = evaluate.main(["folder", "--bundle", str(fixture_bundle), "--ir", str(ir_dir),
+                          "--vi", str(vi_dir), "--out", str(tmp_path / "bad"),
+                          "--max-input-pixels", "-1"])
+    assert code != 0

@@ -66,6 +66,15 @@ def run_folder(args: argparse.Namespace) -> int:
     if args.bundle:
         pipeline, bundle = build_pipeline(Path(args.bundle), args.backend, registration)
         postprocess = override_postprocess(pipeline.config, args)
+        if args.max_input_pixels is not None:
+            if args.max_input_pixels < 0:
+                raise EvaluationError(
+                    f"--max-input-pixels must be >= 0, got {args.max_input_pixels}"
+                )
+            # the node's processing-size knob: the network runs on the shrunk pair, results
+            # are mapped back to the visible geometry (core.pipeline.FusionPipeline)
+            pipeline.max_input_pixels = int(args.max_input_pixels)
+        postprocess["max_input_pixels"] = pipeline.max_input_pixels
         run_pair = pipeline_runner(pipeline)
     elif not args.baselines:
         raise EvaluationError("give --bundle, or --baselines for the baselines alone")
@@ -200,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-detections", type=int, default=None,
         help="detections kept per image instead of the bundle's detection.max_detections; "
         "mAP then ranks max(100, this) per image (pycocotools maxDets)",
+    )
+    folder.add_argument(
+        "--max-input-pixels", type=int, default=None,
+        help="run the network on pairs shrunk to at most this many pixels (aspect kept) and map "
+        "the results back, as the node's max_input_pixels parameter does (default 0: full size)",
     )
     folder.set_defaults(run=run_folder)
 
