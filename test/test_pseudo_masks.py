@@ -103,7 +103,7 @@ def test_real_teacher_labels_people_inside_person_boxes_only(tmp_path):
 def test_written_split_is_reused_while_its_manifest_matches(tmp_path, monkeypatch):
     """write_split skips the teacher when the folder's manifest matches (SYNTHETIC names)."""
     monkeypatch.setattr(pseudo_masks, "split_names", lambda split, root: ["00300N"])
-    monkeypatch.setattr(pseudo_masks, "sha256_of", lambda path: "0" * 64)
+    monkeypatch.setattr(pseudo_masks, "sha256_of_file", lambda path: "0" * 64)
     for side in ("ir", "vi"):
         (tmp_path / "msrs_det" / side).mkdir(parents=True)
     out = tmp_path / "masks"

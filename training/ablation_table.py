@@ -11,6 +11,8 @@ Numbers are read, never typed::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -62,9 +64,6 @@ def row_numbers(run_dir: Path) -> dict[str, float]:
 def person_ap_by_time_of_day(run_dir: Path) -> dict[str, float]:
     """Person AP@0.5 of the run's msrs_det:test detections on its day (``D``) and night
     (``N``) pairs separately (pycocotools on the COCO files ``fusion-eval`` wrote)."""
-    import contextlib
-    import io
-
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -149,6 +149,11 @@ class Trainer:
                     "pretrained_detector_keep_classes": [int(c) for c in dcfg.keep_classes],
                 }
         self.segmenter_provenance: dict[str, str] = {}
+        # cross-entropy class weights of the segmenter, built once (None: all classes weigh 1)
+        self.segmentation_class_weights: torch.Tensor | None = None
+        if float(config.segmentation_background_weight) != 1.0:
+            self.segmentation_class_weights = torch.ones(len(SEGMENTATION_CLASSES))
+            self.segmentation_class_weights[0] = float(config.segmentation_background_weight)
         if "segmenter" in self.active:
             scfg = config.segmenter
             seg_pretrained = REPO_ROOT / str(scfg.pretrained) if scfg.pretrained else None
@@ -265,12 +270,8 @@ class Trainer:
             mask = batch["mask"]
             if not bool((mask != 255).any()):
                 return logits.sum() * 0.0  # no labelled pixel in this batch
-            weights = None
-            if float(self.config.segmentation_background_weight) != 1.0:
-                weights = torch.ones(logits.shape[1])
-                weights[0] = float(self.config.segmentation_background_weight)
             return _loss_value(losses.segmentation_loss(
-                logits, mask, ignore_index=255, class_weights=weights,
+                logits, mask, ignore_index=255, class_weights=self.segmentation_class_weights,
                 dice_weight=float(self.config.segmentation_dice),
             ))
         raise KeyError(k)

@@ -32,7 +32,6 @@ segmentation ids, 255 = no label) and a ``manifest.json`` (teacher sha256, names
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ros2_bilevel_fusion.core.resources import sha256_of_file
 from ros2_bilevel_fusion.evaluation.ground_truth import MSRS_ANNOTATIONS, read_merged_labels
 from ros2_bilevel_fusion.evaluation.splits import split_folder, split_names
 from training.config import REPO_ROOT
@@ -53,14 +53,6 @@ VOC_TO_SEGMENTATION: dict[int, int] = {15: 1, 2: 2, 14: 2, 7: 3, 6: 3}
 NUM_CLASSES = 4
 #: Manifest version: bump when the rule changes so cached folders are rebuilt.
 RULE_VERSION = 1
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def teacher_session(path: Path | None = None, threads: int = 0):
@@ -172,7 +164,7 @@ def _manifest(split: str, names: Sequence[str], teacher: Path) -> dict:
         "split": split,
         "names": list(names),
         "teacher": str(TEACHER),
-        "teacher_sha256": sha256_of(teacher),
+        "teacher_sha256": sha256_of_file(teacher),
         "teacher_licence": "Apache-2.0 (TensorFlow Hub deeplabv3/1/default/1)",
         "voc_to_segmentation": {str(k): v for k, v in VOC_TO_SEGMENTATION.items()},
         "annotations": list(MSRS_ANNOTATIONS),

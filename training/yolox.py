@@ -45,7 +45,6 @@ original pads with 114 when letterboxing, see :func:`letterbox`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ros2_bilevel_fusion.core.resources import sha256_of_file
 
 YOLOX_NANO_ONNX_NAME = "yolox_nano_coco.onnx"
 YOLOX_NANO_ONNX_SHA256 = "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14"
@@ -256,14 +257,6 @@ def output_names(strides: Sequence[int] = YOLOX_STRIDES) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def provenance(path: str | Path | None = None) -> dict[str, str]:
     """Provenance entries for a model initialised from the ONNX file."""
     return {
@@ -292,7 +285,7 @@ def load_yolox_nano_onnx(
 
     path = Path(path)
     if check_sha256:
-        digest = file_sha256(path)
+        digest = sha256_of_file(path)
         if digest != YOLOX_NANO_ONNX_SHA256:
             raise ValueError(
                 f"{path}: sha256 {digest} is not the YOLOX-Nano file's {YOLOX_NANO_ONNX_SHA256}"

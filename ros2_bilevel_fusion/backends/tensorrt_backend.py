@@ -17,7 +17,6 @@ everywhere; the GPU parts are tested only where tensorrt and a GPU exist.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import numpy as np
 
 from ros2_bilevel_fusion.backends.base import BackendError, check_inputs
 from ros2_bilevel_fusion.core.bundle import ModelBundle
+from ros2_bilevel_fusion.core.resources import sha256_of_file
 
 CACHE_MAGIC = b"R2BFTRT1"
 _HEADER_LEN = struct.Struct("<I")
@@ -57,14 +57,6 @@ class EngineKey:
         for name in ("min_hw", "opt_hw", "max_hw"):
             data[name] = list(data[name])
         return data
-
-
-def sha256_of_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _slug(text: str) -> str:

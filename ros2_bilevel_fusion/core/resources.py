@@ -16,6 +16,7 @@ Order of lookup for :func:`share_dir`:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -109,3 +110,13 @@ def config_path(name: str) -> Path:
         raise ResourceError(f"no config file {path}")
     return path
 
+
+
+def sha256_of_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (model files, engine cache keys, the
+    pretrained files a bundle's provenance names)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
