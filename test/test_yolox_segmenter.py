@@ -102,3 +102,79 @@ def test_bundle_with_the_yolox_segmenter_exports_with_parity_and_rebuilds(tmp_pa
         want = model(torch.from_numpy(ir), torch.from_numpy(visible))[-1].numpy()
     assert out["seg_logits"].shape == (1, 4, 96, 128)
     assert np.abs(out["seg_logits"] - want).max() < 1e-3
+
+
+def test_colour_conversion_as_one_convolution_matches_the_training_path():
+    """The exported graph's YCrCb -> BGR 0-255 1x1 conv equals what the YOLOX nets compute from
+    the clamped RGB in training (synthetic random YCrCb, including out-of-gamut values)."""
+    from training.colour import ycrcb_to_bgr255_affine, ycrcb_to_rgb
+
+    ycrcb = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(0))
+    weight, bias = ycrcb_to_bgr255_affine()
+    fast = torch.nn.functional.conv2d(ycrcb, weight, bias).clamp(0.0, 255.0)
+    reference = ycrcb_to_rgb(ycrcb).flip(1) * 255.0
+    assert float((fast - reference).abs().max()) < 1e-3  # 0-255 scale: float rounding only
+    assert float(reference.min()) == 0.0 and float(reference.max()) == 255.0  # clamps exercised
+
+
+def test_a_copied_backbone_is_computed_once_and_gives_the_two_networks_outputs(tmp_path):
+    """segmenter.backbone_from_detector: the graph runs one backbone for both heads, with the
+    outputs the two separate networks give (untrained random weights, synthetic inputs)."""
+    from training.colour import colour_image
+    from training.models import copy_yolox_backbone, same_yolox_backbone
+
+    torch.manual_seed(0)
+    detector = build_detector(3, "yolox_nano")
+    segmenter = build_segmenter(4, "yolox_nano")
+    model = ExportModel(build_fusion("realtime"), detector, segmenter, ARCH).eval()
+    assert not model.shares_backbone()
+    copy_yolox_backbone(detector.net, segmenter.net)
+    assert same_yolox_backbone(detector.net, segmenter.net) and model.shares_backbone()
+    ir = torch.rand(1, 1, 64, 96)
+    visible = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        outputs = model(ir, visible)
+        fused = model.fusion(ir, visible[:, :1])
+        rgb = colour_image(fused, visible)
+        reference = [t for level in detector(rgb) for t in level] + [segmenter(rgb)]
+    assert len(outputs) == 1 + len(reference)
+    for got, want in zip(outputs[1:], reference, strict=True):
+        assert float((got - want).abs().max()) < 1e-3
+    # the ONNX graph holds one backbone: the shared export has far fewer convolutions
+    import onnx
+
+    shared = export.export_onnx(model, tmp_path / "shared.onnx", sample_hw=(64, 96))
+    segmenter.net.stem.conv.conv.bias.data += 1.0  # the two backbones differ again
+    assert not model.shares_backbone()
+    separate = export.export_onnx(model, tmp_path / "separate.onnx", sample_hw=(64, 96))
+
+    def convs(path):
+        return sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
+
+    backbone_convs = sum(isinstance(m, torch.nn.Conv2d) for m in segmenter.net.modules())
+    assert convs(separate) - convs(shared) == backbone_convs
+
+
+def test_backbone_from_detector_is_checked_and_copies_the_loaded_detector(tmp_path, shared_data):
+    smoke = REPO / "training" / "configs" / "smoke.yaml"
+    with pytest.raises(ValueError, match="backbone_from_detector"):
+        load_config(smoke, ["segmenter.backbone_from_detector=true"])
+    config = load_config(smoke, [
+        "detector.arch=yolox_nano", "segmenter.arch=yolox_nano",
+        "segmenter.backbone_from_detector=true", f"out_dir={tmp_path / 'run'}",
+        "lr.detector=0.0", "steps=2",
+    ])
+    from training.engine import Trainer
+    from training.models import same_yolox_backbone
+
+    trainer = Trainer(config, quiet=True)
+    detector, segmenter = trainer.nets["detector"], trainer.nets["segmenter"]
+    assert same_yolox_backbone(detector.net, segmenter.net)
+    assert trainer.segmenter_provenance["segmenter_backbone"] == "copied from the detector"
+    before = {k: v.clone() for k, v in detector.state_dict().items()}
+    trainer.train_step()
+    trainer.train_step()
+    # lr.detector 0 and a frozen segmenter backbone: the graph still shares one backbone
+    for key, value in detector.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    assert same_yolox_backbone(detector.net, segmenter.net)

@@ -54,6 +54,25 @@ def ycrcb_to_rgb(ycrcb: torch.Tensor, clamp: bool = True) -> torch.Tensor:
     return rgb.clamp(0.0, 1.0) if clamp else rgb
 
 
+def ycrcb_to_bgr255_affine() -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [3, 3, 1, 1], bias [3]) of a 1x1 convolution taking YCrCb in [0, 1] to BGR in
+    0-255 before clamping: ``clamp(conv(ycrcb), 0, 255)`` equals
+    ``ycrcb_to_rgb(ycrcb).flip(1) * 255`` up to float rounding.
+
+    Why: the YOLOX networks want BGR 0-255; as separate slice, multiply, add, concat, clip,
+    flip and scale ops at full resolution this conversion cost ~15 % of the exported graph on a
+    CPU (docs/profile_default_640x480.md); as one convolution it is a single pass."""
+    c = CHROMA_OFFSET
+    rows = (  # (Y, Cr, Cb) coefficients and offset, per output channel B, G, R
+        ((1.0, 0.0, _B_FROM_CB), -_B_FROM_CB * c),
+        ((1.0, _G_FROM_CR, _G_FROM_CB), -(_G_FROM_CR + _G_FROM_CB) * c),
+        ((1.0, _R_FROM_CR, 0.0), -_R_FROM_CR * c),
+    )
+    weight = torch.tensor([coefficients for coefficients, _ in rows]) * 255.0
+    bias = torch.tensor([offset for _, offset in rows]) * 255.0
+    return weight.reshape(3, 3, 1, 1), bias
+
+
 def bgr_to_ycrcb(bgr: torch.Tensor) -> torch.Tensor:
     """BGR in [0, 1] -> YCrCb (as ``cv2.COLOR_BGR2YCrCb`` / 255)."""
     return rgb_to_ycrcb(bgr.flip(-3))

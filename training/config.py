@@ -154,13 +154,17 @@ class SegmenterConfig:
     section are unchanged) or ``yolox_nano`` (YOLOX-Nano's backbone and neck with a light
     segmentation head). ``pretrained``: the YOLOX-Nano COCO ONNX file whose backbone and neck
     start it (sha256 checked; in the provenance as ``pretrained_segmenter*``); null = fresh
-    weights (or those of ``init_from``).
+    weights (or those of ``init_from``). ``backbone_from_detector`` (yolox_nano with a YOLOX
+    detector): after ``init_from`` is loaded, copy the detector's backbone and neck into the
+    segmenter (frozen unless ``train_backbone``), so that the exported graph computes them once
+    for both (``models.ExportModel.shares_backbone``).
     """
 
     arch: str = "compact"
     pretrained: str | None = None
     # yolox_nano only: also train the backbone and neck (default: the head alone)
     train_backbone: bool = False
+    backbone_from_detector: bool = False
 
 
 @dataclass
@@ -307,6 +311,12 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     if config.segmenter.arch == "compact" and config.segmenter.pretrained:
         raise ValueError("segmenter.pretrained is only for segmenter.arch yolox_nano")
+    if config.segmenter.backbone_from_detector and (
+        config.segmenter.arch != "yolox_nano" or config.detector.arch != "yolox_nano"
+    ):
+        raise ValueError(
+            "segmenter.backbone_from_detector needs segmenter.arch and detector.arch yolox_nano"
+        )
     split = config.data.msrs_det_split
     if split is not None and not str(split).endswith(":train"):
         raise ValueError(f"data.msrs_det_split must be a ':train' split, got {split!r}")

@@ -139,7 +139,15 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         eval_split = str(dcfg.msrs_det_eval_split)
         if eval_split.endswith(":train") or eval_split.endswith(":test"):
             raise ValueError(f"data.msrs_det_eval_split {eval_split!r}: use a val split")
-        extra_eval[eval_split.replace(":", "_")] = split_pairs(eval_split, train=False)
+        eval_masks = None
+        if dcfg.msrs_det_pseudo_masks:
+            # the same teacher's labels on the val split: a segmentation signal for choosing
+            # checkpoints (eval/<split>/IoU/...) that never looks at the real masks
+            eval_masks = pseudo_mask_folder(eval_split)
+            write_split(eval_split, eval_masks, root)
+        extra_eval[eval_split.replace(":", "_")] = split_pairs(
+            eval_split, train=False, masks_dir=eval_masks
+        )
     n_synthetic = int(dcfg.synthetic_train or 0)
     if n_synthetic:
         labelled_parts.append(

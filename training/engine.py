@@ -63,6 +63,7 @@ from training.models import (
     build_discriminator,
     build_fusion,
     build_segmenter,
+    copy_yolox_backbone,
     detector_head,
 )
 from training.yolox import provenance as yolox_provenance
@@ -202,6 +203,16 @@ class Trainer:
         self.writer = None
         if config.init_from and resume is None:
             self.load_weights(REPO_ROOT / str(config.init_from))
+        if config.segmenter.backbone_from_detector and resume is None and "segmenter" in self.nets:
+            # after init_from, so it is the loaded detector's backbone (a resume restores the
+            # segmenter's own copy instead)
+            copy_yolox_backbone(self.nets["detector"].net, self.nets["segmenter"].net)
+            self.segmenter_provenance = {
+                k.replace("pretrained_detector", "pretrained_segmenter"): v
+                for k, v in self.detector_provenance.items()
+                if k != "pretrained_detector_keep_classes"
+            }
+            self.segmenter_provenance["segmenter_backbone"] = "copied from the detector"
         if resume is not None:
             self.load_checkpoint(resume)
 
@@ -327,6 +338,10 @@ class Trainer:
             fused = self.fusion(batch["ir"], batch["visible_ycrcb"][:, :1])
             fused_by_pool[pool] = fused.detach() if detach_fused else fused
         for k in self.active:
+            if detach_fused and float(getattr(self.config.lr, k)) == 0.0:
+                # nothing reaches theta (fused image detached) and w does not move: a module
+                # kept only to ship (e.g. the frozen detector of a segmenter-only stage)
+                continue
             w = _params(self.nets[k])
             pool = self._pool_of(k)
             for inner in range(int(self.config.lower_steps)):

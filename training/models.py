@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork, batched_nms
 from torchvision.ops.misc import Conv2dNormActivation
 
-from training.colour import ycrcb_to_rgb
+from training.colour import ycrcb_to_bgr255_affine, ycrcb_to_rgb
 from training.yolox import YOLOX_STRIDES, YoloxNano, load_yolox_nano_onnx
 
 # Class lists: the one place they are defined (MSRS YOLO ids 0, 1, 2 -> detection ids 0, 1, 2;
@@ -568,13 +568,37 @@ class YoloxSegmenter(nn.Module):
         self.classifier = nn.Conv2d(width, self.num_classes, 1)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        p8, p16, p32 = self.net.features(rgb.flip(1) * 255.0)
-        size = p8.shape[-2:]
+        return self.logits_from_features(self.net.features(rgb.flip(1) * 255.0), rgb.shape[-2:])
+
+    def logits_from_features(
+        self, features: Sequence[torch.Tensor], size: Sequence[int]
+    ) -> torch.Tensor:
+        """The head alone: neck features (strides 8, 16, 32) -> logits at ``size`` (H, W)."""
+        p8, p16, p32 = features
         x = self.lateral[0](p8)
         for conv, p in zip(self.lateral[1:], (p16, p32), strict=True):
-            x = x + F.interpolate(conv(p), size=size, mode="nearest")
+            x = x + F.interpolate(conv(p), size=p8.shape[-2:], mode="nearest")
         logits = self.classifier(F.silu(self.fuse(x)))
-        return F.interpolate(logits, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _backbone_state(net: YoloxNano) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("heads.")}
+
+
+def copy_yolox_backbone(source: YoloxNano, target: YoloxNano) -> None:
+    """Copy ``source``'s backbone and neck (everything but the heads) into ``target``."""
+    target.load_state_dict(_backbone_state(source), strict=False)
+    if not same_yolox_backbone(source, target):
+        raise ValueError("copying the YOLOX backbone left the two networks different")
+
+
+def same_yolox_backbone(a: YoloxNano, b: YoloxNano) -> bool:
+    """Whether two YOLOX-Nano networks have bit-identical backbones and necks."""
+    state_a, state_b = _backbone_state(a), _backbone_state(b)
+    return state_a.keys() == state_b.keys() and all(
+        torch.equal(state_a[k], state_b[k]) for k in state_a
+    )
 
 
 SEGMENTER_ARCHS: tuple[str, ...] = ("compact", "yolox_nano")
@@ -730,16 +754,47 @@ class ExportModel(nn.Module):
             names.append("seg_logits")
         return names
 
+    def shares_backbone(self) -> bool:
+        """Whether the YOLOX detector and the YOLOX segmenter have the same backbone and neck
+        weights (``segmenter.backbone_from_detector`` with both frozen): then the graph computes
+        them once and feeds both heads, exactly what two copies would compute."""
+        return (
+            isinstance(self.detector, YoloxDetector)
+            and isinstance(self.segmenter, YoloxSegmenter)
+            and same_yolox_backbone(self.detector.net, self.segmenter.net)
+        )
+
     def forward(self, ir: torch.Tensor, visible_ycrcb: torch.Tensor) -> tuple[torch.Tensor, ...]:
         fused_y = self.fusion(ir, visible_ycrcb[:, :1])
         outputs: list[torch.Tensor] = [fused_y]
         if self.detector is None and self.segmenter is None:
             return tuple(outputs)
-        rgb = ycrcb_to_rgb(torch.cat((fused_y, visible_ycrcb[:, 1:]), dim=1))
-        if self.detector is not None:
+        ycrcb = torch.cat((fused_y, visible_ycrcb[:, 1:]), dim=1)
+        yolox_nets = [
+            net for net in (self.detector, self.segmenter)
+            if isinstance(net, (YoloxDetector, YoloxSegmenter))
+        ]
+        # YOLOX nets take BGR 0-255: one 1x1 conv from YCrCb (colour.ycrcb_to_bgr255_affine),
+        # equal to their own rgb.flip(1) * 255 of the clamped RGB up to float rounding
+        bgr255 = None
+        if yolox_nets:
+            # constants of the graph, not weights: made here so state dicts stay as they were
+            weight, bias = (t.to(ycrcb) for t in ycrcb_to_bgr255_affine())
+            bgr255 = F.conv2d(ycrcb, weight, bias).clamp(0.0, 255.0)
+        rgb = ycrcb_to_rgb(ycrcb) if len(yolox_nets) < 2 else None
+        features = None
+        if isinstance(self.detector, YoloxDetector):
+            features = self.detector.net.features(bgr255)
+            for head, p in zip(self.detector.net.heads, features, strict=True):
+                outputs += list(head(p))
+        elif self.detector is not None:
             for level in self.detector(rgb):
                 outputs += list(level)
-        if self.segmenter is not None:
+        if isinstance(self.segmenter, YoloxSegmenter):
+            if features is None or not self.shares_backbone():
+                features = self.segmenter.net.features(bgr255)
+            outputs.append(self.segmenter.logits_from_features(features, ycrcb.shape[-2:]))
+        elif self.segmenter is not None:
             outputs.append(self.segmenter(rgb))
         return tuple(outputs)
 

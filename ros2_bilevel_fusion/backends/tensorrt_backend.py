@@ -46,7 +46,7 @@ class EngineKey:
 
     trt_version: str
     gpu_name: str
-    precision: str  # fp32 | fp16 | int8
+    precision: str  # fp32 | fp16 | int8 (calibrated) | int8-fp32 / int8-fp16 (a QDQ graph)
     onnx_sha256: str
     min_hw: tuple[int, int] = DEFAULT_MIN_HW
     opt_hw: tuple[int, int] = DEFAULT_OPT_HW
@@ -240,6 +240,7 @@ def build_engine(
     *,
     fp16: bool = False,
     int8_calibrator: Any = None,
+    explicit_int8: bool = False,
     timing_cache_path: str | Path | None = None,
     min_hw: tuple[int, int] = DEFAULT_MIN_HW,
     opt_hw: tuple[int, int] = DEFAULT_OPT_HW,
@@ -247,6 +248,9 @@ def build_engine(
     workspace_bytes: int = 1 << 30,
 ) -> bytes:
     """Parse the ONNX and build a serialized engine with one profile covering min..max H,W.
+
+    ``explicit_int8``: the ONNX is already quantised (QuantizeLinear / DequantizeLinear pairs,
+    ``training.quantize``); the INT8 flag lets TensorRT run those layers in int8, no calibrator.
 
     Every graph input gets the profile [1, C, H, W] with its static channel count. The timing
     cache, when given, is read before and written after the build (speeds up rebuilds).
@@ -277,6 +281,8 @@ def build_engine(
             (1, channels, *max_hw),
         )
     config.add_optimization_profile(profile)
+    if explicit_int8:
+        config.set_flag(trt.BuilderFlag.INT8)
     if int8_calibrator is not None:
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = int8_calibrator
@@ -319,6 +325,9 @@ class TensorRTBackend:
         validate_profile(min_hw, opt_hw, max_hw, multiple)
         self.cuda = open_cuda(device)
         precision = "fp16" if fp16 else "fp32"
+        self.explicit_int8 = bundle.precision == "int8"  # the bundle's QDQ graph
+        if self.explicit_int8:
+            precision = f"int8-{precision}"
         self.key = EngineKey(
             trt_version=str(self.trt.__version__),
             gpu_name=self.cuda.gpu_name,
@@ -351,6 +360,7 @@ class TensorRTBackend:
         engine_bytes = build_engine(
             self.bundle.onnx_path,
             fp16=fp16,
+            explicit_int8=self.explicit_int8,
             min_hw=self.key.min_hw,
             opt_hw=self.key.opt_hw,
             max_hw=self.key.max_hw,

@@ -32,6 +32,13 @@ stride s, of grid size ``[H/s, W/s]``; the cell (i, j) is row i, column j:
   ((dx + j) s, (dy + i) s), size (exp(log w) s, exp(log h) s); score_c = sigmoid(obj) *
   sigmoid(cls_c). ``box_encoding: xy_offset_log_wh_stride``.
 
+Precisions (optional): ``precisions`` maps a precision name to another ONNX file of the same
+graph with the same inputs and outputs (``int8``: statically quantised, QDQ, written by
+``python -m training.quantize``); ``onnx`` is always the ``fp32`` graph. ``default_precision``
+names the one the runtime's ``auto`` runs: the quantiser sets it to the fastest file it measured
+within the accuracy budget, so a bundle whose int8 graph is slower or less accurate keeps fp32.
+:func:`select_precision` turns a bundle into the bundle of one precision.
+
 Both heads then share the rest (``processing.decode_detections``): boxes in padded-input pixels
 clipped to the image, candidates with score > ``score_threshold`` (strict), class-aware NMS at
 ``nms_iou`` (OpenCV ``NMSBoxesBatched``), the ``max_detections`` best. A level whose keys are not
@@ -58,6 +65,11 @@ DEFAULT_MAX_DETECTIONS = 100
 # reflect_101: mirror without repeating the edge pixel (OpenCV BORDER_REFLECT_101, numpy
 # "reflect"); constant: black (IR 0, YCrCb (0, 128, 128)), as training pads its batches.
 PAD_MODES = ("reflect_101", "constant")
+# fp32 is model.yaml's ``onnx``; the others come from its ``precisions`` mapping.
+PRECISIONS = ("fp32", "int8")
+# what a runtime asks for when it wants the bundle's own choice (``default_precision``)
+AUTO_PRECISION = "auto"
+PRECISION_CHOICES = (AUTO_PRECISION, *PRECISIONS)
 DEFAULT_PAD_MODE = "reflect_101"
 DEFAULT_THERMAL_LOW_PERCENTILE = 1.0
 DEFAULT_THERMAL_HIGH_PERCENTILE = 99.0
@@ -231,6 +243,16 @@ class ModelBundle:
     # Free-form: training config, data, git commit, metrics measured at export.
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # precision -> ONNX file of the same graph (model.yaml ``precisions``); fp32 is onnx_path
+    onnx_variants: dict[str, Path] = field(default_factory=dict)
+    default_precision: str = "fp32"
+    # the precision of onnx_path (select_precision sets it)
+    precision: str = "fp32"
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Every precision this bundle can run, fp32 first."""
+        return ("fp32", *sorted(self.onnx_variants))
 
     @property
     def folder(self) -> Path:
@@ -347,6 +369,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         segmentation = _build(SegmentationSpec, data["segmentation"], f"{yaml_path}: segmentation")
         if len(segmentation.palette) != len(segmentation.classes):
             raise BundleError(f"{yaml_path}: segmentation palette and classes differ in length")
+    variants, default_precision = _load_precisions(data, yaml_path)
     return ModelBundle(
         name=str(data.get("name", yaml_path.parent.name)),
         onnx_path=onnx_path,
@@ -360,7 +383,54 @@ def load_bundle(path: str | Path) -> ModelBundle:
         torchscript_path=torchscript_path,
         provenance=dict(data.get("provenance") or {}),
         format_version=FORMAT_VERSION,
+        onnx_variants=variants,
+        default_precision=default_precision,
     )
+
+
+def select_precision(bundle: ModelBundle, precision: str) -> ModelBundle:
+    """The bundle whose ``onnx_path`` is the graph of ``precision`` (``auto``: the bundle's
+    ``default_precision``). Other precisions than fp32 are ONNX only, so their bundle has no
+    TorchScript file (the torch backend then says so). Raises BundleError for a precision the
+    bundle does not have, naming the ones it has."""
+    wanted = str(precision).strip().lower()
+    if wanted == AUTO_PRECISION:
+        wanted = bundle.default_precision
+    if wanted == bundle.precision:
+        return bundle
+    if wanted == "fp32":
+        raise BundleError(f"{bundle.name}: select precisions from the loaded (fp32) bundle")
+    if wanted not in bundle.onnx_variants:
+        raise BundleError(
+            f"bundle {bundle.name!r} has no {wanted!r} graph; it has {list(bundle.precisions)} "
+            f"(an int8 graph is made by python -m training.quantize)"
+        )
+    return dataclasses.replace(
+        bundle, onnx_path=bundle.onnx_variants[wanted], torchscript_path=None, precision=wanted
+    )
+
+
+def _load_precisions(data: dict[str, Any], yaml_path: Path) -> tuple[dict[str, Path], str]:
+    raw = data.get("precisions") or {}
+    if not isinstance(raw, dict):
+        raise BundleError(f"{yaml_path}: precisions must map a precision to an ONNX file")
+    variants: dict[str, Path] = {}
+    for name, file in raw.items():
+        if name not in PRECISIONS or name == "fp32":
+            raise BundleError(
+                f"{yaml_path}: precisions: {name!r} is not one of {list(PRECISIONS[1:])} "
+                "(fp32 is the onnx key)"
+            )
+        path = yaml_path.parent / str(file)
+        if not path.is_file():
+            raise BundleError(f"{yaml_path}: {name} ONNX file {path} is missing")
+        variants[str(name)] = path
+    default = str(data.get("default_precision", "fp32"))
+    if default != "fp32" and default not in variants:
+        raise BundleError(
+            f"{yaml_path}: default_precision {default!r} is not among {['fp32', *variants]}"
+        )
+    return variants, default
 
 
 def _plain(value: Any) -> Any:
@@ -381,11 +451,21 @@ def _detection_dict(detection: DetectionSpec) -> dict[str, Any]:
 
 
 def bundle_to_dict(bundle: ModelBundle) -> dict[str, Any]:
+    if bundle.precision != "fp32":
+        raise BundleError("write the fp32 bundle; its precisions mapping names the other graphs")
     return {
         "format_version": bundle.format_version,
         "name": bundle.name,
         "onnx": bundle.onnx_path.name,
         **({"torchscript": bundle.torchscript_path.name} if bundle.torchscript_path else {}),
+        **(
+            {
+                "precisions": {k: p.name for k, p in sorted(bundle.onnx_variants.items())},
+                "default_precision": bundle.default_precision,
+            }
+            if bundle.onnx_variants
+            else {}
+        ),
         "inputs": _plain(bundle.inputs),
         "fused_name": bundle.fused_name,
         "detection": _detection_dict(bundle.detection) if bundle.detection else None,

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ros2_bilevel_fusion.backends import BACKEND_KINDS
+from ros2_bilevel_fusion.core.bundle import PRECISION_CHOICES
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation import metrics, report
 from ros2_bilevel_fusion.evaluation.folder import (
@@ -64,7 +65,9 @@ def run_folder(args: argparse.Namespace) -> int:
     run_pair = bundle = None
     postprocess: dict = {}
     if args.bundle:
-        pipeline, bundle = build_pipeline(Path(args.bundle), args.backend, registration)
+        pipeline, bundle = build_pipeline(
+            Path(args.bundle), args.backend, registration, args.precision
+        )
         postprocess = override_postprocess(pipeline.config, args)
         if args.max_input_pixels is not None:
             if args.max_input_pixels < 0:
@@ -75,6 +78,7 @@ def run_folder(args: argparse.Namespace) -> int:
             # are mapped back to the visible geometry (core.pipeline.FusionPipeline)
             pipeline.max_input_pixels = int(args.max_input_pixels)
         postprocess["max_input_pixels"] = pipeline.max_input_pixels
+        postprocess["precision"] = bundle.precision
         run_pair = pipeline_runner(pipeline)
     elif not args.baselines:
         raise EvaluationError("give --bundle, or --baselines for the baselines alone")
@@ -214,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-input-pixels", type=int, default=None,
         help="run the network on pairs shrunk to at most this many pixels (aspect kept) and map "
         "the results back, as the node's max_input_pixels parameter does (default 0: full size)",
+    )
+    folder.add_argument(
+        "--precision", default="auto", choices=PRECISION_CHOICES,
+        help="which of the bundle's graphs runs, as the node's precision parameter (auto: the "
+        "bundle's default_precision)",
     )
     folder.set_defaults(run=run_folder)
 

@@ -195,14 +195,15 @@ def pipeline_runner(pipeline: Any) -> RunPair:
 
 
 def build_pipeline(
-    bundle_path: Path, backend_kind: str, registration: Registration
+    bundle_path: Path, backend_kind: str, registration: Registration, precision: str = "auto"
 ) -> tuple[Any, Any]:
-    """(pipeline, bundle): the node's FusionPipeline for this bundle, backend, registration."""
+    """(pipeline, bundle): the node's FusionPipeline for this bundle, backend, registration and
+    precision (``auto``: the bundle's default_precision, as the node's parameter)."""
     from ros2_bilevel_fusion.backends import create_backend
-    from ros2_bilevel_fusion.core.bundle import load_bundle
+    from ros2_bilevel_fusion.core.bundle import load_bundle, select_precision
     from ros2_bilevel_fusion.core.pipeline import FusionPipeline
 
-    bundle = load_bundle(bundle_path)
+    bundle = select_precision(load_bundle(bundle_path), precision)
     backend = create_backend(backend_kind, bundle)
     # Post-processing thresholds from model.yaml, as the node uses by default.
     return FusionPipeline(backend, registration), bundle

@@ -271,6 +271,10 @@ class HealthSnapshot:
     reload_error: str = ""  # a failed reload while the previous model still serves
     counters: Mapping[str, int] = field(default_factory=dict)  # not drops: nonfinite pixels
     never_seen: tuple[str, ...] = ()
+    precision: str = ""  # of the serving graph (fp32, int8)
+    # per pair, the node's own work beyond inference (decode, pre/post-processing, encode,
+    # publish); p50, p95 as the other windows
+    overhead_ms: list[float] | None = None
 
 
 def _fmt(value: float) -> str:
@@ -281,6 +285,7 @@ def health_key_values(snapshot: HealthSnapshot) -> list[tuple[str, str]]:
     values: list[tuple[str, str]] = [
         ("backend", snapshot.backend or "none"),
         ("model", snapshot.model or "none"),
+        ("precision", snapshot.precision or "none"),
         ("qos", snapshot.qos),
     ]
     for name, rate in snapshot.rates_hz.items():
@@ -294,7 +299,11 @@ def health_key_values(snapshot: HealthSnapshot) -> list[tuple[str, str]]:
         values.append(("drop_ratio", f"{ratio:.2f}"))
     for name in sorted(snapshot.counters):
         values.append((name, str(snapshot.counters[name])))
-    for label, window in (("inference_ms", snapshot.inference_ms), ("total_ms", snapshot.total_ms)):
+    for label, window in (
+        ("inference_ms", snapshot.inference_ms),
+        ("total_ms", snapshot.total_ms),
+        ("overhead_ms", snapshot.overhead_ms),
+    ):
         if window is not None:
             values += [(f"{label}_p50", _fmt(window[0])), (f"{label}_p95", _fmt(window[1]))]
     if snapshot.use_sim_time:

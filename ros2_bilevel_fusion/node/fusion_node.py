@@ -161,6 +161,9 @@ class FusionNode(Node):
         self._rates = {name: RateMeter() for name in (*STREAM_NAMES, "pairs", "processed")}
         self._inference_ms = LatencyWindow()
         self._total_ms = LatencyWindow()
+        # a pair's work in this node beyond inference: decode, pipeline pre/post-processing,
+        # colour restore, encode and publish (bench/bench_node_overhead.py reads it)
+        self._overhead_ms = LatencyWindow()
         # Latency on the node's ROS clock; stamps from another clock are reported, not averaged.
         self._latency = LatencyTracker()
         self._silence = SilentStreamWatch(after_s=self.params.stream_timeout)
@@ -316,7 +319,9 @@ class FusionNode(Node):
         """Load and warm up a candidate; swap it in, or keep the serving model on failure."""
         p = self.params
         path = Path(p.bundle_path).expanduser() if p.bundle_path else default_bundle_path()
-        request = LoadRequest(path=path, backend=p.backend, fp16=p.fp16, threads=p.threads)
+        request = LoadRequest(
+            path=path, backend=p.backend, fp16=p.fp16, threads=p.threads, precision=p.precision
+        )
         outcome = self._models.load(request, self._build_pipeline)
         if not outcome.ok:
             self._drops.add("model_load_error")
@@ -338,7 +343,8 @@ class FusionNode(Node):
         self._ir_gain, self._visible_gain = self._make_gains(p, model.bundle)
         self._model_error = ""
         self.get_logger().info(
-            f"model '{model.bundle.name}' from {path} on backend {model.backend.name} "
+            f"model '{model.bundle.name}' ({model.bundle.precision}) from {path} on backend "
+            f"{model.backend.name} "
             f"(detector: {model.bundle.detection is not None}, "
             f"segmenter: {model.bundle.segmentation is not None}; "
             f"loaded and warmed up in {outcome.seconds:.2f} s)"
@@ -537,6 +543,7 @@ class FusionNode(Node):
             return None
 
     def _process_pair(self, ir_msg: Image, visible_msg: Image) -> None:
+        start = time.perf_counter()
         model = self._model
         if model is None:
             self._count_error("no_model", f"pair dropped: no model loaded ({self._model_error})")
@@ -569,6 +576,7 @@ class FusionNode(Node):
         self._rates["processed"].tick(now_steady)
         self._inference_ms.add(result.inference_ms)
         self._total_ms.add(result.total_ms)
+        self._overhead_ms.add((time.perf_counter() - start) * 1e3 - result.inference_ms)
         if not self._use_sim_time:
             self._latency.add(self.get_clock().now().nanoseconds, output_stamp)
 
@@ -636,6 +644,7 @@ class FusionNode(Node):
         return HealthSnapshot(
             backend=model.backend.name if model else "",
             model=model.bundle.name if model else "",
+            precision=model.bundle.precision if model else "",
             qos=self._inputs.qos_summary(),
             rates_hz={name: meter.rate(now) for name, meter in self._rates.items()},
             pairs=self._pairs,
@@ -643,6 +652,7 @@ class FusionNode(Node):
             drops=self._all_drops(),
             inference_ms=self._inference_ms.percentiles(),
             total_ms=self._total_ms.percentiles(),
+            overhead_ms=self._overhead_ms.percentiles(),
             latency_ms=self._latency.percentiles(),
             use_sim_time=self._use_sim_time,
             silent_streams=silent,

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from ros2_bilevel_fusion.backends import create_backend
-from ros2_bilevel_fusion.core.bundle import MODEL_YAML, ModelBundle, load_bundle
+from ros2_bilevel_fusion.core.bundle import (
+    AUTO_PRECISION,
+    MODEL_YAML,
+    ModelBundle,
+    load_bundle,
+    select_precision,
+)
 from ros2_bilevel_fusion.core.pipeline import FusionPipeline
 
 
@@ -42,6 +48,7 @@ class LoadRequest:
     backend: str
     fp16: bool = False
     threads: int = 0
+    precision: str = AUTO_PRECISION
 
 
 @dataclass
@@ -126,7 +133,7 @@ class ModelSlot:
         start = time.perf_counter()
         self.attempts += 1
         try:
-            bundle = load_bundle(request.path)
+            bundle = select_precision(load_bundle(request.path), request.precision)
             backend = create(request.backend, bundle, fp16=request.fp16, threads=request.threads)
             pipeline = build_pipeline(bundle, backend)
             warm_up(pipeline)

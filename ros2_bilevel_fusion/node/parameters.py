@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ros2_bilevel_fusion.backends import BACKEND_KINDS
-from ros2_bilevel_fusion.core.bundle import PreprocessSpec
+from ros2_bilevel_fusion.core.bundle import PRECISION_CHOICES, PreprocessSpec
 from ros2_bilevel_fusion.core.registration import parse_homography
 
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -103,6 +103,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         reload=True,
     ),
     ParameterSpec("fp16", False, "TensorRT FP16 engine (changing it reloads)", reload=True),
+    ParameterSpec(
+        "precision",
+        "auto",
+        f"Which of the bundle's graphs runs: {'|'.join(PRECISION_CHOICES)}; auto = the "
+        "bundle's default_precision, the fastest it measured within its accuracy budget "
+        "(changing it reloads)",
+        reload=True,
+    ),
     ParameterSpec(
         "threads",
         0,
@@ -198,6 +206,7 @@ class FusionParameters:
     backend: str
     bundle_path: str
     fp16: bool
+    precision: str
     threads: int
     max_input_pixels: int
     score_threshold: float
@@ -243,6 +252,8 @@ def validate(params: FusionParameters, preprocessing: PreprocessSpec | None = No
             return f"{name} must be one of {TRANSPORT_CHOICES}, got {getattr(params, name)!r}"
     if params.backend.strip().lower() not in BACKEND_KINDS:
         return f"backend must be one of {BACKEND_KINDS}, got {params.backend!r}"
+    if params.precision.strip().lower() not in PRECISION_CHOICES:
+        return f"precision must be one of {PRECISION_CHOICES}, got {params.precision!r}"
     low, high = _percentiles(params, preprocessing or PreprocessSpec())
     if not low < high:
         return (
