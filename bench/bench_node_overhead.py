@@ -1,7 +1,8 @@
 """What the ROS node adds on top of inference, and the fused rate at a 30 Hz camera.
 
     .venv/bin/python bench/bench_node_overhead.py [--bag sample/tno_sample] [--bundle DIR]
-        [--loops 5] [--runs 3] [--rate 1.0] [--fast-rate 3.0] [--backend onnxruntime]
+        [--loops 5] [--runs 3] [--rate 1.0] [--fast-rate 3.0] [--fast-loops 20]
+        [--backend onnxruntime]
 
 Replays the sample bag (looped) through the real node with
 :func:`ros2_bilevel_fusion.bag.live_run.run_bag_through_node` (node and replayer as separate
@@ -13,7 +14,9 @@ outputs: the end-to-end latency p50 (camera stamp -> fused image received), whos
 beyond the two is DDS transport of the inputs and outputs, waiting and the replayer. Prints
 the medians over runs beside the goals (node overhead <= 3 ms per pair; >= 25 fused pairs/s
 at 30 Hz). Bundle: ``--bundle``, else the package's default bundle, else an untrained realtime
-export (training.export) made for this measurement.
+export (training.export) made for this measurement. The recorder subscribes to every output,
+so the node also renders the segmentation colour image and the debug view (boxes and overlay
+on the fused image) as it does for RViz; ``--no-debug`` turns the debug view off.
 """
 
 from __future__ import annotations
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0)
     parser.add_argument("--fast-rate", type=float, default=3.0,
                         help="replay rate of the throughput run (the sample is 10 Hz); 0: none")
+    parser.add_argument("--no-debug", action="store_true",
+                        help="publish_debug off (the recorder subscribes to every output, so "
+                        "by default the node also renders and sends its debug view)")
+    parser.add_argument("--fast-loops", type=int, default=20,
+                        help="loops of the 6-pair sample in the throughput run")
     args = parser.parse_args(argv)
 
     from ros2_bilevel_fusion.bag.live_run import node_status, run_bag_through_node
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bag = Path(args.bag) if args.bag else resources.sample_bag_path()
     per_run = []
+    node_params = {"publish_debug": False} if args.no_debug else None
     with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
         bundle, source = pick_bundle(args.bundle, Path(tmp))
         print(f"bag {bag}, loops {args.loops}, rate {args.rate}; bundle: {source}", flush=True)
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 loops=args.loops,
                 out_dir=Path(tmp) / f"run{run}",
                 timeout_s=300.0,
+                node_params=node_params,
             )
             if not result.latency_ms or result.inference_ms_p50 is None:
                 print(f"  run {run}: no fused output or no diagnostics; skipped", flush=True)
@@ -119,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         fast = None
         if args.fast_rate > 0:
             result = run_bag_through_node(
-                bag, bundle=bundle, backend=args.backend, rate=args.fast_rate, loops=args.loops,
-                out_dir=Path(tmp) / "fast", timeout_s=300.0,
+                bag, bundle=bundle, backend=args.backend, rate=args.fast_rate,
+                loops=args.fast_loops,
+                out_dir=Path(tmp) / "fast", timeout_s=300.0, node_params=node_params,
             )
             fast = result.throughput_pairs_per_s
             print(f"  at rate {args.fast_rate}: {result.input_pairs_published} pairs in, "

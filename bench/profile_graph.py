@@ -28,15 +28,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from ros2_bilevel_fusion.core.bundle import load_bundle  # noqa: E402
+from training.yolox import BACKBONE_AND_NECK  # noqa: E402
 
 #: Top-level modules of the exported graph (training.models.ExportModel).
 PART_DEPTH = {"detector": 3, "segmenter": 3, "fusion": 2}
 
 
+# Parts of a graph whose YOLOX nets are called piecewise (one backbone shared by detector and
+# segmenter, models.ExportModel): the exporter names those nodes without a module prefix.
+SEGMENTER_HEAD = ("lateral.0", "lateral.1", "lateral.2", "fuse", "classifier")
+
+
 def part_of(node_name: str) -> str:
-    """``/detector/net/stage3/...`` -> ``detector / stage3``; top-level nodes -> ``colour and
-    glue`` (the YCrCb -> RGB conversion and the graph's own reshapes)."""
+    """``/detector/net/stage3/...`` -> ``detector / stage3``; ``/stage3/...`` (a shared
+    backbone) -> ``backbone / stage3``; ``/heads.0/...`` -> ``detector / heads.0``; the
+    segmenter head's ``/fuse/...`` -> ``segmenter / fuse``; other top-level nodes -> ``colour
+    and glue`` (the colour conversion and the graph's own reshapes)."""
     parts = [p for p in node_name.split("/") if p]
+    if len(parts) >= 2 and parts[0] in BACKBONE_AND_NECK:
+        return f"backbone / {parts[0]}"
+    if len(parts) >= 2 and parts[0].startswith("heads."):
+        return f"detector / {parts[0]}"
+    if len(parts) >= 2 and parts[0] in SEGMENTER_HEAD:
+        return f"segmenter / {parts[0]}"
     if len(parts) < 2 or parts[0] not in PART_DEPTH:
         return "colour and glue"
     modules = [p for p in parts[1:-1] if p != "net"]  # the last part is the node's own name

@@ -207,11 +207,15 @@ def test_every_shipped_config_loads_and_the_yolox_stage_sets_the_shipped_thresho
     shipped = load_bundle(SMOKE.parents[2] / "models" / "default")
     assert shipped.detection is not None and shipped.detection.head == "yolox"
     recorded = shipped.provenance["config"]
-    assert recorded["name"] == "perception_semantic"
+    assert recorded["name"] == "perception_shared"
     stage = load_config(SMOKE.parent / f"{recorded['name']}.yaml")
     assert stage.export.score_threshold == shipped.detection.score_threshold
     assert stage.export.name == shipped.name == "default"
-    assert stage.init_from == "runs/perception_bilevel/best.pt"
+    # stage 6 starts from stage 5's bundle, which starts from stage 4's checkpoint
+    assert stage.init_from == "runs/perception_semantic/bundle/model.pt"
+    assert stage.segmenter.backbone_from_detector and stage.lr.detector == 0.0
+    stage5 = load_config(SMOKE.parent / "perception_semantic.yaml")
+    assert stage5.init_from == "runs/perception_bilevel/best.pt"
     bilevel = load_config(SMOKE.parent / "perception_bilevel.yaml")
     row_g = load_config(SMOKE.parent / "ablation_yolox_bilevel_dynamic.yaml")
     # stage 4 is ablation row (g), seed 0: the same config but for its name and export

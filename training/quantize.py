@@ -12,7 +12,8 @@ What it does, in order:
    clean-up), then ``quantize_static`` in QDQ format with per-channel int8 weights, uint8
    activations and MinMax calibration. ``--scope semantic`` leaves the fusion net's nodes in
    float (the fused image is the product; its TNO metrics have a 1 % budget) and quantises
-   the detector and segmenter.
+   the detector and segmenter; ``--scope backbone`` quantises only the YOLOX backbone and neck
+   (the convolution-heavy part), leaving every head and the colour conversion in float.
 3. The measurement that decides ``default_precision``: both graphs through the runtime
    (``evaluation.folder``) on ``--val-split`` (person AP@0.5, mAP@0.5 and the eight fusion
    metrics), and their speed at 640x480 (onnxruntime CPU, ``--threads``, medians of
@@ -45,9 +46,11 @@ import numpy as np
 from ros2_bilevel_fusion.core.bundle import ModelBundle, load_bundle, save_bundle
 from ros2_bilevel_fusion.core.processing import prepare_inputs
 from ros2_bilevel_fusion.evaluation import splits
+from training.yolox import BACKBONE_AND_NECK
 
 INT8_FILE = "model_int8.onnx"
-SCOPES = ("all", "semantic")
+SCOPES = ("all", "semantic", "backbone")
+
 # The accuracy budget (issue 11): AP points as fractions, fusion metrics as relative change.
 MAX_AP_DROP = 0.01
 MAX_FUSION_METRIC_CHANGE = 0.01
@@ -99,18 +102,35 @@ def split_feeds(
     return feeds, names
 
 
-def fusion_node_names(onnx_path: Path) -> list[str]:
-    """Nodes of the fusion net (the exporter names them ``/fusion/...``)."""
+def scope_nodes(onnx_path: Path, scope: str) -> tuple[list[str], list[str]]:
+    """(nodes to quantise, nodes to exclude) for ``scope``; an empty first list means "all".
+
+    ``all``: every node; ``semantic``: all but the fusion net (the exporter names its nodes
+    ``/fusion/...``); ``backbone``: only the YOLOX backbone and neck (``yolox.BACKBONE_AND_NECK``),
+    leaving the fusion net, the colour conversion and every head in float."""
     import onnx
 
-    model = onnx.load(str(onnx_path))
-    return [node.name for node in model.graph.node if node.name.startswith("/fusion/")]
+    names = [node.name for node in onnx.load(str(onnx_path)).graph.node]
+    if scope == "semantic":
+        return [], [n for n in names if n.startswith("/fusion/")]
+    if scope == "backbone":
+        chosen = [n for n in names if n.split("/")[1:2] and n.split("/")[1] in BACKBONE_AND_NECK]
+        if not chosen:
+            raise ValueError(f"{onnx_path} has no YOLOX backbone nodes to quantise")
+        return chosen, []
+    return [], []
 
 
 def quantize_graph(
-    fp32_path: Path, int8_path: Path, feeds: Sequence[Feeds], scope: str = "all"
+    fp32_path: Path,
+    int8_path: Path,
+    feeds: Sequence[Feeds],
+    scope: str = "all",
+    calibration: str = "minmax",
 ) -> Path:
-    """Static QDQ quantisation of ``fp32_path`` calibrated on ``feeds``; writes ``int8_path``."""
+    """Static QDQ quantisation of ``fp32_path`` calibrated on ``feeds``; writes ``int8_path``.
+    ``calibration``: activation ranges from the extremes seen (``minmax``), the 99.999th
+    percentile of their histogram (``percentile``) or the KL-optimal cut (``entropy``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -122,6 +142,13 @@ def quantize_graph(
 
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    if calibration not in methods:
+        raise ValueError(f"calibration must be one of {sorted(methods)}, got {calibration!r}")
     if not feeds:
         raise ValueError("no calibration feeds")
 
@@ -137,7 +164,7 @@ def quantize_graph(
         prepared = Path(scratch) / "prepared.onnx"
         # symbolic shape inference cannot follow the dynamic H/W through Resize; ONNX's own does
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        excluded = fusion_node_names(prepared) if scope == "semantic" else []
+        chosen, excluded = scope_nodes(prepared, scope)
         quantize_static(
             str(prepared),
             str(int8_path),
@@ -146,7 +173,8 @@ def quantize_graph(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=methods[calibration],
+            nodes_to_quantize=chosen,
             nodes_to_exclude=excluded,
         )
     return int8_path
@@ -228,19 +256,20 @@ def add_int8(
     *,
     scope: str = "all",
     calibration: dict[str, Any] | None = None,
+    method: str = "minmax",
 ) -> ModelBundle:
     """Quantise the bundle's fp32 graph into ``model_int8.onnx`` and name it in model.yaml
     (``default_precision`` stays fp32 until :func:`record_measurement`). Returns the bundle."""
     bundle = load_bundle(bundle_dir)
     int8_path = bundle.folder / INT8_FILE
-    quantize_graph(bundle.onnx_path, int8_path, feeds, scope)
+    quantize_graph(bundle.onnx_path, int8_path, feeds, scope, method)
     provenance = dict(bundle.provenance)
     provenance["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
         "weights": "int8 per channel",
         "activations": "uint8",
-        "calibration_method": "MinMax",
+        "calibration_method": method,
         "scope": scope,
         **({"calibration": calibration} if calibration else {}),
     }
@@ -278,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-split", default="msrs_det:train")
     parser.add_argument("--calib-pairs", type=int, default=16)
     parser.add_argument("--scope", default="all", choices=SCOPES)
+    parser.add_argument("--calibration", default="minmax",
+                        choices=("minmax", "percentile", "entropy"))
     parser.add_argument("--val-split", default="msrs_det:val")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)
@@ -289,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     feeds, names = split_feeds(bundle, args.calib_split, args.calib_pairs, data_root)
     calibration = {"split": args.calib_split, "names": names}
     # first a default-less int8 graph, so the runtime can score and time it
-    bundle = add_int8(bundle_dir, feeds, scope=args.scope, calibration=calibration)
-    print(f"wrote {bundle.onnx_variants['int8']} (scope {args.scope}, {len(names)} pairs)")
+    bundle = add_int8(bundle_dir, feeds, scope=args.scope, calibration=calibration,
+                      method=args.calibration)
+    print(f"wrote {bundle.onnx_variants['int8']} (scope {args.scope}, {args.calibration} on "
+          f"{len(names)} pairs)")
     timing_feeds = feeds[0]
     ms = time_graphs(
         {"fp32": bundle.onnx_path, "int8": bundle.onnx_variants["int8"]}, timing_feeds,

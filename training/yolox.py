@@ -181,6 +181,15 @@ class HeadLevel(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+# YoloxNano's backbone and neck submodules (everything but ``heads``), in forward order: the
+# exporter names their nodes ``/<name>/...`` when the graph calls them directly (a shared
+# backbone, models.ExportModel), which the quantiser and the profiler select by.
+BACKBONE_AND_NECK: tuple[str, ...] = (
+    "stem", "stage2", "stage3", "stage4", "stage5", "lateral32", "top_down16", "lateral16",
+    "top_down8", "down8", "bottom_up16", "down16", "bottom_up32",
+)
+
+
 class YoloxNano(nn.Module):
     """YOLOX-Nano (see the module docstring). ``forward`` returns one (reg, obj, cls) tuple of
     raw outputs per stride in :data:`YOLOX_STRIDES`.
