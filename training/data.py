@@ -18,6 +18,8 @@ from typing import Any
 
 from torch.utils.data import ConcatDataset, Dataset
 
+from ros2_bilevel_fusion.evaluation.folder import FolderPair, find_folder_pairs
+from ros2_bilevel_fusion.evaluation.folder import split_pairs as split_folder_pairs
 from ros2_bilevel_fusion.evaluation.ground_truth import MSRS_ANNOTATIONS
 from ros2_bilevel_fusion.evaluation.splits import split_folder, split_names
 from training import datasets
@@ -36,7 +38,8 @@ class TrainingData:
     collate: Any
     msrs_eval: Dataset | None
     synthetic_eval: Dataset | None
-    fusion_eval_folder: Path | None
+    # the fusion metrics' held-out pairs (config eval.folder: a folder or a :val split)
+    fusion_eval_pairs: list[FolderPair] | None
     provenance: dict[str, Any]
     # more semantic evaluation sets (data.msrs_det_eval_split), logged as eval/<key>/...
     extra_eval: dict[str, Dataset] = field(default_factory=dict)
@@ -59,6 +62,15 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         if leaked:  # guard, cannot happen by construction
             raise RuntimeError(f"MSRS eval names in the training split: {sorted(leaked)}")
     for name in dcfg.fusion_sets:
+        if ":" in name:  # a named split (evaluation/splits.py), e.g. roadscene:train
+            if not name.endswith(":train"):
+                raise ValueError(f"fusion set {name!r}: only :train splits are training data")
+            part = datasets.PairFolder(
+                split_folder(name, root), names=split_names(name, root), crop=crop, train=True
+            )
+            counts[f"fusion/{name}"] = len(part)
+            fusion_parts.append(part)
+            continue
         folder = root / name
         if not folder.is_dir():
             raise FileNotFoundError(f"fusion data set {folder} is missing")
@@ -168,13 +180,20 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         else None
     )
     folder = config.eval.folder
-    fusion_eval_folder = (root / folder) if folder else None
+    # a folder under the data root, or a named val split (roadscene:val); TNO is the test set
+    fusion_eval_pairs = None
+    if folder and ":" in str(folder):
+        if not str(folder).endswith(":val"):
+            raise ValueError(f"eval.folder {folder!r}: a split for choices must be a :val split")
+        fusion_eval_pairs, _ = split_folder_pairs(str(folder), root)
+    elif folder:
+        fusion_eval_pairs = find_folder_pairs(root / folder / "ir", root / folder / "vi")
     return TrainingData(
         pools={"fusion": ConcatDataset(fusion_parts), "labelled": ConcatDataset(labelled_parts)},
         collate=datasets.collate_pairs,
         msrs_eval=msrs_eval,
         synthetic_eval=synthetic_eval,
-        fusion_eval_folder=fusion_eval_folder,
+        fusion_eval_pairs=fusion_eval_pairs,
         extra_eval=extra_eval,
         provenance={
             "root": str(dcfg.root),

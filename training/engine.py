@@ -559,11 +559,18 @@ class Trainer:
         if wanted is None or "fusion" in wanted:
             # only a loaded fusion net must match (init_modules [segmenter] may take the
             # segmenter of a realtime bundle into a run with another fusion)
-            if state["architecture"]["fusion"] != self.config.fusion:
-                raise ValueError(
-                    f"checkpoint fusion {state['architecture']['fusion']!r} differs from config"
-                )
-            self.fusion.load_state_dict(state["fusion"])
+            saved_fusion = state["architecture"]["fusion"]
+            if (saved_fusion, self.config.fusion) == ("realtime", "realtime_global"):
+                # the same network plus the whole-frame branch, which starts at zero (exactly
+                # the loaded network's function): every key but the branch's must load
+                missing, unexpected = self.fusion.load_state_dict(state["fusion"], strict=False)
+                if unexpected or any(not k.startswith("global_film.") for k in missing):
+                    raise ValueError(f"realtime -> realtime_global: missing {missing}, "
+                                     f"unexpected {unexpected}")
+            elif saved_fusion != self.config.fusion:
+                raise ValueError(f"checkpoint fusion {saved_fusion!r} differs from config")
+            else:
+                self.fusion.load_state_dict(state["fusion"])
         saved_detector = state["architecture"].get("detector")
         saved_arch = Architecture.from_dict(
             {"fusion": self.config.fusion, "detector": saved_detector}

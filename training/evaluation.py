@@ -21,6 +21,7 @@ value / CDDFuse's published TNO value, so each metric counts relative to the ref
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from ros2_bilevel_fusion.core.processing import (
 )
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation.folder import (
+    FolderPair,
     PairOutput,
     RunPair,
     find_folder_pairs,
@@ -90,12 +92,18 @@ def torch_runner(fusion: nn.Module, bundle: ModelBundle | None = None) -> RunPai
 
 
 def evaluate_fusion_folder(
-    fusion: nn.Module, folder: Path, max_images: int = 0, max_side: int = 0
+    fusion: nn.Module,
+    folder: Path | Sequence[FolderPair],
+    max_images: int = 0,
+    max_side: int = 0,
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """Mean fusion metrics of ``fusion`` over a pair folder (``ir/``, ``vi/``) and the first
-    fused image."""
+    """Mean fusion metrics of ``fusion`` over a pair folder (``ir/``, ``vi/``) or a list of
+    pairs (a split's), and the first fused image."""
     fusion.eval()
-    pairs = find_folder_pairs(folder / "ir", folder / "vi", limit=max_images or None)
+    if isinstance(folder, Path):
+        pairs = find_folder_pairs(folder / "ir", folder / "vi", limit=max_images or None)
+    else:
+        pairs = list(folder)[: max_images or None]
     first: list[np.ndarray] = []
 
     def keep_first(_pair: Any, output: PairOutput) -> None:
@@ -204,9 +212,9 @@ def evaluate(
     mode."""
     out: dict[str, float] = {}
     image = None
-    if data.fusion_eval_folder is not None:
+    if data.fusion_eval_pairs is not None:
         metrics, image = evaluate_fusion_folder(
-            fusion, data.fusion_eval_folder, int(config.max_images or 0), int(config.max_side or 0)
+            fusion, data.fusion_eval_pairs, int(config.max_images or 0), int(config.max_side or 0)
         )
         out.update({f"eval/fusion/{k}": v for k, v in metrics.items()})
         out["score"] = reference_score(metrics, list(config.score_metrics))

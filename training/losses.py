@@ -31,6 +31,19 @@ class FusionLossWeights:
     detail_gain: float = 0.0
     detail_sigma: float = 1.5
     contrast: float = 1.0
+    # The target's base image: "max" (max(IR, Y), the shipped target) or "detail_max" (a
+    # two-scale fusion: the larger of the two Gaussian bases at ``base_sigma`` plus, per pixel,
+    # the detail layer of the source whose detail is stronger there, as multi-scale methods
+    # keep each source's detail where it is strongest; issue 12).
+    target: str = "max"
+    base_sigma: float = 4.0
+    # Share of the plain mean (IR + Y) / 2 mixed into the base image (0: the base alone). With
+    # ``contrast`` c about the image mean, the mean's part becomes c/2 (IR + Y): at c near 2 the
+    # sources add, and every difference image stays correlated with the other source (SCD).
+    mean_weight: float = 0.0
+
+
+TARGETS: tuple[str, ...] = ("max", "detail_max")
 
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
@@ -82,7 +95,8 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
 def fusion_target(
     ir: Tensor, vis_y: Tensor, weights: FusionLossWeights | None = None
 ) -> Tensor:
-    """What the critic sees as "real" and the intensity term pulls toward: max(IR, Y).
+    """What the critic sees as "real" and the intensity term pulls toward: max(IR, Y)
+    (``weights.target`` "max"), or the two-scale "detail_max" image (see FusionLossWeights).
 
     It keeps the warm targets of IR and the bright visible structure. With the enhancement of
     ``weights`` (detail_gain > 0 or contrast != 1) it becomes
@@ -90,7 +104,18 @@ def fusion_target(
     ``M = max(IR, Y)``: sharper and higher in contrast than either source.
     """
     weights = weights or FusionLossWeights()
-    target = torch.maximum(ir, vis_y)
+    if weights.target == "max":
+        target = torch.maximum(ir, vis_y)
+    elif weights.target == "detail_max":
+        base_ir = gaussian_blur(ir, weights.base_sigma)
+        base_y = gaussian_blur(vis_y, weights.base_sigma)
+        detail_ir, detail_y = ir - base_ir, vis_y - base_y
+        detail = torch.where(detail_ir.abs() >= detail_y.abs(), detail_ir, detail_y)
+        target = torch.maximum(base_ir, base_y) + detail
+    else:
+        raise ValueError(f"fusion target must be one of {TARGETS}, got {weights.target!r}")
+    if weights.mean_weight:
+        target = (1.0 - weights.mean_weight) * target + weights.mean_weight * 0.5 * (ir + vis_y)
     if weights.detail_gain:
         target = target + weights.detail_gain * (
             target - gaussian_blur(target, weights.detail_sigma)

@@ -43,7 +43,7 @@ DETECTOR_STRIDES: tuple[int, ...] = (8, 16, 32)
 # "visible", "infrared", "mean": parameter-free baselines (FixedFusion) for the detector
 # ablation configs/ablation_det_*.yaml (the same detector fine-tuned on a fixed input image)
 FIXED_FUSION_NAMES: tuple[str, ...] = ("visible", "infrared", "mean")
-FUSION_NAMES: tuple[str, ...] = ("paper", "realtime", *FIXED_FUSION_NAMES)
+FUSION_NAMES: tuple[str, ...] = ("paper", "realtime", "realtime_global", *FIXED_FUSION_NAMES)
 # Detector architectures (config ``detector.arch``; architecture dict ``detector.arch``, absent =
 # "fcos" so checkpoints and bundles written before YOLOX load unchanged) -> bundle head name.
 DETECTOR_ARCHS: dict[str, str] = {"fcos": "fcos", "yolox_nano": "yolox"}
@@ -147,7 +147,9 @@ class RealtimeFusion(nn.Module):
     ``paper`` (measured by conv hooks); the full-resolution tensors have at most 16 channels.
     """
 
-    def __init__(self, context_channels: int = 32, detail_channels: int = 8) -> None:
+    def __init__(
+        self, context_channels: int = 32, detail_channels: int = 8, global_context: bool = False
+    ) -> None:
         super().__init__()
         self.down = nn.Sequential(
             nn.Conv2d(2, 16, 3, stride=2, padding=1),
@@ -159,6 +161,19 @@ class RealtimeFusion(nn.Module):
         self.context = nn.Sequential(
             *(SeparableResidual(context_channels, d) for d in (1, 2, 4))
         )
+        # ``realtime_global``: the whole frame's mean of the context features sets a per-channel
+        # scale and shift of them (FiLM), so the IR / visible balance and the contrast of a
+        # region can depend on the scene as a whole, not only on its 63-pixel neighbourhood.
+        # The last layer starts at zero: training starts from the plain network's function.
+        self.global_film = None
+        if global_context:
+            self.global_film = nn.Sequential(
+                nn.Linear(context_channels, context_channels),
+                nn.ReLU(),
+                nn.Linear(context_channels, 2 * context_channels),
+            )
+            nn.init.zeros_(self.global_film[2].weight)
+            nn.init.zeros_(self.global_film[2].bias)
         # 1 weight logit + detail_channels features for the full-res path.
         self.to_weight_and_features = nn.Conv2d(context_channels, 1 + detail_channels, 1)
         self.detail_in = nn.Sequential(nn.Conv2d(2, detail_channels, 3, padding=1), nn.PReLU())
@@ -178,7 +193,11 @@ class RealtimeFusion(nn.Module):
 
     def forward(self, ir: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
         x = torch.cat((ir, vis_y), dim=1)
-        context = self.to_weight_and_features(self.context(self.down(x)))
+        features = self.context(self.down(x))
+        if self.global_film is not None:
+            scale, shift = self.global_film(features.mean(dim=(2, 3))).chunk(2, dim=1)
+            features = features * (1.0 + scale[:, :, None, None]) + shift[:, :, None, None]
+        context = self.to_weight_and_features(features)
         context = F.interpolate(context, size=x.shape[-2:], mode="bilinear", align_corners=False)
         detail_and_fine = self.detail_out(
             torch.cat((self._detail_features(x), context[:, 1:]), dim=1)
@@ -219,12 +238,15 @@ class FixedFusion(nn.Module):
 
 
 def build_fusion(name: str) -> nn.Module:
-    """``paper``, ``realtime`` or a fixed baseline (``visible``, ``infrared``, ``mean``);
+    """``paper``, ``realtime``, ``realtime_global`` (with a whole-frame context branch) or a
+    fixed baseline (``visible``, ``infrared``, ``mean``);
     forward(ir [N,1,H,W], vis_y [N,1,H,W]) -> fused_y [N,1,H,W]."""
     if name == "paper":
         return PaperFusion()
     if name == "realtime":
         return RealtimeFusion()
+    if name == "realtime_global":
+        return RealtimeFusion(global_context=True)
     if name in FIXED_FUSION_NAMES:
         return FixedFusion(name)
     raise ValueError(f"unknown fusion network {name!r}; expected one of {FUSION_NAMES}")

@@ -15,6 +15,9 @@ split         numbers             pairs  use
 ``test``      01151 .. 99999      95     reported numbers only
 ============  ==================  =====  =============================================
 
+``roadscene`` (171 pairs, no labels): ``val`` (41: FLIR frames 0..2000 and the FLIR video) for
+fusion knobs and checkpoints, ``train`` (130) for the fusion loss; TNO-25 stays the test set.
+
 ``msrs`` (28 pairs): ``holdout`` is :data:`MSRS_HOLDOUT_NAMES`, ``train`` the other 20. No name
 of :data:`MSRS_HOLDOUT_NAMES` is in any ``train`` split.
 
@@ -50,13 +53,21 @@ MSRS_HOLDOUT_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class NameRange:
-    """Names whose frame number (the leading digits) lies in ``first..last``, inclusive."""
+    """Names whose frame number lies in ``first..last``, inclusive: the leading digits, or with
+    ``prefix`` the digits right after it (``FLIR_`` + ``00691``; a name without the prefix, or
+    with other characters after it, is not in the range)."""
 
     first: int
     last: int
+    prefix: str = ""
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.first <= frame_number(name) <= self.last
+        if not isinstance(name, str) or not name.startswith(self.prefix):
+            return False
+        rest = name[len(self.prefix):]
+        if self.prefix and not rest[:1].isdigit():
+            return False
+        return self.first <= frame_number(rest) <= self.last
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,23 @@ MSRS_DET_VAL = NameRange(0, 251)
 MSRS_DET_TRAIN = NameRange(252, 1150)
 MSRS_DET_TEST = NameRange(1151, 99999)
 
+# RoadScene (171 pairs): 155 FLIR ADAS frames "FLIR_<number>" and 16 frames of one video
+# "FLIR_video_<number>". Frames close in number come from one drive. The largest gap of the
+# FLIR numbering, 01945 | 03801 (1856 frames), cuts off its first 25 frames; they and the
+# video's 16 are the validation split of the fusion metrics (41 pairs), the other 130 train.
+ROADSCENE_VAL = (NameRange(0, 2000, "FLIR_"), NameRange(0, 99999, "FLIR_video_"))
+ROADSCENE_TRAIN = (NameRange(2001, 99999, "FLIR_"),)
+
 SPLITS: dict[str, Split] = {
+    "roadscene:train": Split(
+        "roadscene", ROADSCENE_TRAIN,
+        description="RoadScene FLIR_03801.. (130 pairs), the fusion loss's training pairs",
+    ),
+    "roadscene:val": Split(
+        "roadscene", ROADSCENE_VAL,
+        description="RoadScene FLIR_00006..FLIR_01945 and FLIR_video_* (41 pairs), every "
+        "choice of fusion knob and checkpoint (TNO-25 is the test set)",
+    ),
     "msrs_det:train": Split(
         "msrs_det", (MSRS_DET_TRAIN,), exclude=MSRS_HOLDOUT_NAMES,
         description="msrs_det 00252..01150 (00258D..01094N), training",
