@@ -41,5 +41,17 @@ def test_cli_prints_one_row_per_setting(shared_data, tmp_path, capsys) -> None:
         for path in list_images(shared_data / "tno" / side)[:1]:
             (folder / side / path.name).write_bytes(path.read_bytes())
     assert main(["--folder", str(folder), "--detail-gain", "0", "0.3", "--contrast", "1"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0")]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| max")]
     assert len(rows) == 2
+    # the first row is the reference of the ">= first row" column: 8 of 8 against itself
+    assert rows[0].rstrip(" |").endswith("8")
+
+
+def test_cli_scores_validation_splits_by_default(shared_data, capsys) -> None:
+    if not (shared_data / "roadscene" / "ir").is_dir():
+        pytest.skip("roadscene is not present")
+    assert main(["--split", "roadscene:val", "--detail-gain", "0", "--contrast", "1",
+                 "--target", "max", "detail_max"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("41 pairs of roadscene:val")
+    assert len([line for line in out.splitlines() if line.startswith("| detail_max")]) == 1

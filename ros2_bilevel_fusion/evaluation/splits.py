@@ -105,15 +105,6 @@ ROADSCENE_VAL = (NameRange(0, 2000, "FLIR_"), NameRange(0, 99999, "FLIR_video_")
 ROADSCENE_TRAIN = (NameRange(2001, 99999, "FLIR_"),)
 
 SPLITS: dict[str, Split] = {
-    "roadscene:train": Split(
-        "roadscene", ROADSCENE_TRAIN,
-        description="RoadScene FLIR_03801.. (130 pairs), the fusion loss's training pairs",
-    ),
-    "roadscene:val": Split(
-        "roadscene", ROADSCENE_VAL,
-        description="RoadScene FLIR_00006..FLIR_01945 and FLIR_video_* (41 pairs), every "
-        "choice of fusion knob and checkpoint (TNO-25 is the test set)",
-    ),
     "msrs_det:train": Split(
         "msrs_det", (MSRS_DET_TRAIN,), exclude=MSRS_HOLDOUT_NAMES,
         description="msrs_det 00252..01150 (00258D..01094N), training",
@@ -136,6 +127,15 @@ SPLITS: dict[str, Split] = {
     ),
     "msrs:holdout": Split(
         "msrs", include=MSRS_HOLDOUT_NAMES, description="msrs MSRS_HOLDOUT_NAMES",
+    ),
+    "roadscene:train": Split(
+        "roadscene", ROADSCENE_TRAIN,
+        description="RoadScene FLIR_03801.. (130 pairs), the fusion loss's training pairs",
+    ),
+    "roadscene:val": Split(
+        "roadscene", ROADSCENE_VAL,
+        description="RoadScene FLIR_00006..FLIR_01945 and FLIR_video_* (41 pairs), every "
+        "choice of fusion knob and checkpoint (TNO-25 is the test set)",
     ),
 }
 
