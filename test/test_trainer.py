@@ -207,15 +207,23 @@ def test_every_shipped_config_loads_and_the_yolox_stage_sets_the_shipped_thresho
     shipped = load_bundle(SMOKE.parents[2] / "models" / "default")
     assert shipped.detection is not None and shipped.detection.head == "yolox"
     recorded = shipped.provenance["config"]
-    assert recorded["name"] == "perception_shared"
+    assert recorded["name"] == "fusion_global_shared"
     stage = load_config(SMOKE.parent / f"{recorded['name']}.yaml")
     assert stage.export.score_threshold == shipped.detection.score_threshold
     assert stage.export.name == shipped.name == "default"
-    # stage 6 starts from stage 5's bundle, which starts from stage 4's checkpoint
-    assert stage.init_from == "runs/perception_semantic/bundle/model.pt"
+    # stage 6 starts from stage 5's checkpoint, which starts from stage 4's, which starts from
+    # stage 3's bundle; every stage with the realtime_global fusion net
+    assert stage.init_from == "runs/fusion_global_semantic/best.pt"
     assert stage.segmenter.backbone_from_detector and stage.lr.detector == 0.0
-    stage5 = load_config(SMOKE.parent / "perception_semantic.yaml")
-    assert stage5.init_from == "runs/perception_bilevel/best.pt"
+    stage5 = load_config(SMOKE.parent / "fusion_global_semantic.yaml")
+    stage4 = load_config(SMOKE.parent / "fusion_global_bilevel.yaml")
+    assert stage5.init_from == "runs/fusion_global_bilevel/best.pt"
+    assert stage4.init_from == "runs/yolox_semantic/bundle/model.pt"
+    assert {stage.fusion, stage5.fusion, stage4.fusion} == {"realtime_global"}
+    assert stage4.data.fusion_sets == ["roadscene:train", "msrs_det:train"]
+    # the previous default's stages 4 and 5 stay as they were
+    assert load_config(SMOKE.parent / "perception_semantic.yaml").init_from == (
+        "runs/perception_bilevel/best.pt")
     bilevel = load_config(SMOKE.parent / "perception_bilevel.yaml")
     row_g = load_config(SMOKE.parent / "ablation_yolox_bilevel_dynamic.yaml")
     # stage 4 is ablation row (g), seed 0: the same config but for its name and export
@@ -377,7 +385,7 @@ def test_yolox_detector_trains_in_the_bilevel_loop_from_the_shipped_bundle(
         tmp_path, "detector.arch=yolox_nano",
         "detector.pretrained=../shared/weights/yolox_nano_coco.onnx",
         "init_from=models/default/model.pt", "init_modules=[fusion, segmenter]", "steps=2",
-        "warmup_steps=0",
+        "warmup_steps=0", "fusion=realtime_global",  # the shipped bundle's fusion net
     )
     trainer = Trainer(config, quiet=True)
     shipped = checkpoint_from_bundle(repo_root / "models" / "default" / "model.pt")
