@@ -5,10 +5,11 @@
 
 The `paper` network (PaperFusion, 418k parameters, ~128 GMAC per 640x480 frame) exported
 fusion-only as a bundle (``training.export``), quantised by ``training.quantize`` (QDQ, int8
-per-channel weights, uint8 activations, MinMax) on ``--calib-pairs`` msrs_det:train pairs, and
-both graphs timed in one process, interleaved, ``--rounds`` rounds after a warm-up, on a real
-msrs_det:train pair at ``--size``. Prints ms per frame for each, the int8 / fp32 ratio and the
-target (<= 300 ms), and the fp32 ceiling of this CPU for the network's MACs at ``--peak-gflops``.
+per-channel weights, symmetric int8 activations, MinMax) on ``--calib-pairs`` msrs_det:train
+pairs, and both graphs timed in one process, interleaved, ``--rounds`` rounds after a
+warm-up, on a real msrs_det:train pair at ``--size``. Prints ms per frame for each, the
+int8 / fp32 ratio and the target (<= 300 ms), and the fp32 ceiling of this CPU for the
+network's MACs at ``--peak-gflops``.
 
 The network is UNTRAINED here (seed 0 weights; no `paper` bundle has been trained yet), so the
 speed figures are those of the shipped architecture, while the quantisation error printed (max

@@ -55,7 +55,8 @@ def test_a_run_trains_on_train_splits_and_chooses_on_val_splits(
     assert {p.stem for p in data.fusion_eval_pairs}.isdisjoint(
         splits.split_names("roadscene:train", shared_data))
     for bad, message in (("data.fusion_sets=[roadscene:val]", "only :train"),
-                         ("eval.folder=msrs_det:test", ":val split")):
+                         ("eval.folder=msrs_det:test", ":val split"),
+                         ("eval.folder=roadscene:val", "trains on")):
         with pytest.raises(ValueError, match=message):
             build_data(load_config(smoke, [bad, f"out_dir={tmp_path}"]))
 

@@ -568,3 +568,15 @@ def test_detection_spec_refuses_levels_of_the_other_head_and_foreign_encodings()
         DetectionSpec(head="yolox", classes=("a",), levels=(), box_encoding="ltrb_stride")
     with pytest.raises(ValueError, match="stride"):
         YoloxLevel(0, "r", "o", "c")
+
+
+def test_fused_to_u8_takes_any_memory_order_and_empty_sizes() -> None:
+    from ros2_bilevel_fusion.core.processing import colorize_labels, fused_to_u8
+
+    rng = np.random.default_rng(0)
+    plane = rng.random((40, 30), dtype=np.float32)  # SYNTHETIC
+    want = np.clip(np.rint(plane * 255), 0, 255).astype(np.uint8)
+    assert np.array_equal(fused_to_u8(np.asfortranarray(plane), (40, 30)), want)
+    assert np.array_equal(fused_to_u8(plane.T.copy().T, (40, 30)), want)
+    assert fused_to_u8(plane, (0, 30)).shape == (0, 30)
+    assert colorize_labels(np.zeros((0, 5), np.uint8), [(1, 2, 3)]).shape == (0, 5, 3)

@@ -185,6 +185,12 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
     if folder and ":" in str(folder):
         if not str(folder).endswith(":val"):
             raise ValueError(f"eval.folder {folder!r}: a split for choices must be a :val split")
+        dataset = str(folder).split(":")[0]
+        if dataset in dcfg.fusion_sets:  # the whole folder would train on the val pairs
+            raise ValueError(
+                f"eval.folder {folder!r} chooses on pairs that fusion set {dataset!r} trains on; "
+                f"train on {dataset}:train instead"
+            )
         fusion_eval_pairs, _ = split_folder_pairs(str(folder), root)
     elif folder:
         fusion_eval_pairs = find_folder_pairs(root / folder / "ir", root / folder / "vi")

@@ -93,14 +93,15 @@ def torch_runner(fusion: nn.Module, bundle: ModelBundle | None = None) -> RunPai
 
 def evaluate_fusion_folder(
     fusion: nn.Module,
-    folder: Path | Sequence[FolderPair],
+    folder: str | Path | Sequence[FolderPair],
     max_images: int = 0,
     max_side: int = 0,
 ) -> tuple[dict[str, float], np.ndarray | None]:
     """Mean fusion metrics of ``fusion`` over a pair folder (``ir/``, ``vi/``) or a list of
     pairs (a split's), and the first fused image."""
     fusion.eval()
-    if isinstance(folder, Path):
+    if isinstance(folder, (str, Path)):
+        folder = Path(folder)
         pairs = find_folder_pairs(folder / "ir", folder / "vi", limit=max_images or None)
     else:
         pairs = list(folder)[: max_images or None]

@@ -9,17 +9,20 @@ What it does, in order:
    names, so day and night both appear; never a val or test split), prepared exactly as the
    node prepares a frame (``core.processing.prepare_inputs``) at their own size.
 2. ``onnxruntime.quantization``: ``quant_pre_process`` (shape inference and graph
-   clean-up), then ``quantize_static`` in QDQ format with per-channel int8 weights, uint8
-   activations and MinMax calibration. ``--scope semantic`` leaves the fusion net's nodes in
+   clean-up), then ``quantize_static`` in QDQ format with per-channel int8 weights and int8
+   activations, both symmetric (the only Q/DQ form TensorRT's ONNX parser accepts; uint8
+   activations scored better under onnxruntime but no faster, docs/cpu_speed.md), and MinMax
+   calibration by default. ``--scope semantic`` leaves the fusion net's nodes in
    float (the fused image is the product; its TNO metrics have a 1 % budget) and quantises
    the detector and segmenter; ``--scope backbone`` quantises only the YOLOX backbone and neck
    (the convolution-heavy part), leaving every head and the colour conversion in float.
 3. The measurement that decides ``default_precision``: both graphs through the runtime
-   (``evaluation.folder``) on ``--val-split`` (person AP@0.5, mAP@0.5 and the eight fusion
-   metrics), and their speed at 640x480 (onnxruntime CPU, ``--threads``, medians of
+   (``evaluation.folder``) on ``--val-split`` (person AP@0.5, mAP@0.5, segmentation person IoU
+   against the split's pseudo-labels when ``training.pseudo_masks`` has made them, and the
+   eight fusion metrics), and their speed at 640x480 (onnxruntime CPU, ``--threads``, medians of
    interleaved rounds in this process). int8 becomes the default only when it is faster and
-   within the budget: at most 0.01 lower person AP@0.5 and mAP@0.5 and at most 1 % worse on
-   each fusion metric (the budget of issue 11).
+   within the budget: at most 0.01 lower person AP@0.5, mAP@0.5 and person IoU and at most 1 %
+   worse on each fusion metric (the budget of issue 11).
 4. ``model_int8.onnx`` is written beside ``model.onnx``; model.yaml gets ``precisions: {int8:
    model_int8.onnx}``, ``default_precision`` and the measurement under
    ``provenance.quantization``.
@@ -46,6 +49,7 @@ import numpy as np
 from ros2_bilevel_fusion.core.bundle import ModelBundle, load_bundle, save_bundle
 from ros2_bilevel_fusion.core.processing import prepare_inputs
 from ros2_bilevel_fusion.evaluation import splits
+from ros2_bilevel_fusion.evaluation.metrics import find_pair_file
 from training.yolox import BACKBONE_AND_NECK
 
 INT8_FILE = "model_int8.onnx"
@@ -54,6 +58,8 @@ SCOPES = ("all", "semantic", "backbone")
 # The accuracy budget (issue 11): AP points as fractions, fusion metrics as relative change.
 MAX_AP_DROP = 0.01
 MAX_FUSION_METRIC_CHANGE = 0.01
+# and segmentation person IoU (against the split's pseudo-labels) in IoU points
+MAX_IOU_DROP = 0.01
 FUSION_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 # int8 must be at least this much faster (ratio of medians) to be worth a default change
 MIN_SPEEDUP = 1.03
@@ -94,8 +100,10 @@ def split_feeds(
     names = spread(splits.split_names(split, data_root), count)
     feeds = []
     for name in names:
-        ir = cv2.imread(str(folder / "ir" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
-        visible = cv2.imread(str(folder / "vi" / f"{name}.png"), cv2.IMREAD_COLOR)
+        ir_path = find_pair_file(folder / "ir", name)
+        visible_path = find_pair_file(folder / "vi", name)
+        ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE) if ir_path else None
+        visible = cv2.imread(str(visible_path), cv2.IMREAD_COLOR) if visible_path else None
         if ir is None or visible is None:
             raise FileNotFoundError(f"{split}: cannot read the pair {name}")
         feeds.append(pair_feeds(ir, visible, bundle))
@@ -171,8 +179,11 @@ def quantize_graph(
             Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            # symmetric int8 activations and weights (zero points 0): the only Q/DQ form
+            # TensorRT's ONNX parser accepts, so one int8 file serves onnxruntime and TensorRT
+            activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             calibrate_method=methods[calibration],
             nodes_to_quantize=chosen,
             nodes_to_exclude=excluded,
@@ -217,8 +228,10 @@ def accuracy(bundle_path: Path, precision: str, split: str, data_root: Path) -> 
         score_pairs,
         split_pairs,
     )
+    from training.pseudo_masks import default_folder
 
     pairs, truth = split_pairs(split, data_root)
+    masks = default_folder(split)  # the teacher's labels of this split, when made before
     pipeline, bundle = build_pipeline(
         bundle_path, "onnxruntime", Registration.identity(), precision
     )
@@ -228,8 +241,15 @@ def accuracy(bundle_path: Path, precision: str, split: str, data_root: Path) -> 
         pairs, pipeline_runner(pipeline), method=precision, ground_truth=truth,
         detection_classes=bundle.detection.classes if bundle.detection else None,
         max_detections=pipeline.config.max_detections,
+        masks_dir=masks if (masks / "manifest.json").is_file() else None,
+        segmentation_classes=bundle.segmentation.classes if bundle.segmentation else None,
     )
     scores = {k: float(result.means[precision][k]) for k in FUSION_METRICS}
+    if result.segmentation is not None:
+        classes = list(result.segmentation["classes"])
+        scores["person_IoU"] = float(
+            result.segmentation["per_class_iou"][classes.index("person")]
+        )
     if result.detection is not None:
         scores["person_AP50"] = float(result.detection["per_class_AP50"]["person"])
         scores["mAP50"] = float(result.detection["mAP50"])
@@ -239,8 +259,9 @@ def accuracy(bundle_path: Path, precision: str, split: str, data_root: Path) -> 
 def within_budget(fp32: dict[str, float], int8: dict[str, float]) -> tuple[bool, list[str]]:
     """Whether int8's scores are within the accuracy budget of fp32's; and what breaks it."""
     faults = []
-    for key in ("person_AP50", "mAP50"):
-        if key in fp32 and fp32[key] - int8[key] > MAX_AP_DROP:
+    for key, limit in (("person_AP50", MAX_AP_DROP), ("mAP50", MAX_AP_DROP),
+                       ("person_IoU", MAX_IOU_DROP)):
+        if key in fp32 and fp32[key] - int8[key] > limit:
             faults.append(f"{key} {int8[key]:.3f} vs {fp32[key]:.3f}")
     for key in FUSION_METRICS:
         reference = fp32[key]
@@ -267,8 +288,8 @@ def add_int8(
     provenance["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
-        "weights": "int8 per channel",
-        "activations": "uint8",
+        "weights": "int8 per channel, symmetric",
+        "activations": "int8, symmetric",
         "calibration_method": method,
         "scope": scope,
         **({"calibration": calibration} if calibration else {}),

@@ -178,7 +178,9 @@ def fused_to_u8(fused_y: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     # OpenCV in place on one float copy (NaN -> 0, clamp to [0, 1] so that +inf -> 255, then
     # x 255 rounded half to even, as np.rint): one pass each instead of numpy's allocating
     # chain. convertScaleAbs's abs() is a no-op after the clamp.
-    cropped = np.array(plane[:height, :width], dtype=np.float32)
+    cropped = np.array(plane[:height, :width], dtype=np.float32, order="C")
+    if cropped.size == 0:
+        return np.zeros(cropped.shape, np.uint8)
     cv2.patchNaNs(cropped, 0.0)
     cv2.max(cropped, 0.0, dst=cropped)
     cv2.min(cropped, 1.0, dst=cropped)
@@ -440,7 +442,7 @@ def colorize_labels(labels: np.ndarray, palette_rgb: Sequence[tuple[int, int, in
     palette = np.asarray(palette_rgb, dtype=np.int64).reshape(-1, 3)[:256]
     lut[: len(palette)] = np.clip(palette[:, ::-1], 0, 255).astype(np.uint8)
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    if labels.ndim != 2:
+    if labels.ndim != 2 or labels.size == 0:
         return np.take(lut, labels, axis=0)
     # cv2.LUT on the labels repeated in three channels: ~5x faster than numpy's fancy-index
     # take at 640x480 (one full-frame pass per frame of the node's debug and colour outputs)
