@@ -55,7 +55,6 @@ def train(name: str, weights, steps: int, seed: int = 0):
 
     from ros2_bilevel_fusion.evaluation.splits import split_folder, split_names
     from training.datasets import PairFolder, collate_pairs
-    from training.losses import fusion_loss
     from training.models import build_fusion
 
     torch.manual_seed(seed)
@@ -68,8 +67,19 @@ def train(name: str, weights, steps: int, seed: int = 0):
                         collate_fn=collate_pairs, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     fusion = build_fusion(name)
-    optimiser = torch.optim.Adam(fusion.parameters(), lr=1e-3)
-    step, start = 0, time.perf_counter()
+    seconds, _ = fit_fusion_loss(fusion, loader, steps, lr=1e-3, weights=weights)
+    return fusion.eval(), seconds
+
+
+def fit_fusion_loss(fusion, loader, steps: int, lr: float, weights=None) -> tuple[float, float]:
+    """``steps`` Adam steps of ``fusion`` on ``training.losses.fusion_loss`` alone, cycling
+    through ``loader``; returns (seconds, last loss)."""
+    import torch
+
+    from training.losses import fusion_loss
+
+    optimiser = torch.optim.Adam(fusion.parameters(), lr=lr)
+    step, start, loss = 0, time.perf_counter(), None
     while step < steps:
         for batch in loader:
             vis_y = batch["visible_ycrcb"][:, :1]
@@ -80,7 +90,7 @@ def train(name: str, weights, steps: int, seed: int = 0):
             step += 1
             if step >= steps:
                 break
-    return fusion.eval(), time.perf_counter() - start
+    return time.perf_counter() - start, float(loss) if loss is not None else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

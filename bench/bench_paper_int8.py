@@ -34,26 +34,6 @@ DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 TARGET_MS = 300.0
 
 
-def conv_macs(model, hw: tuple[int, int]) -> int:
-    """Multiply-accumulates of every Conv2d at ``hw`` (forward hooks on a 1-image pass)."""
-    import torch
-
-    total = 0
-
-    def hook(module, _inputs, output):
-        nonlocal total
-        kernel = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
-        total += int(output.numel() * kernel)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.zeros(1, 1, *hw), torch.zeros(1, 3, *hw))
-    for handle in handles:
-        handle.remove()
-    return total
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="640x480")
@@ -70,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from ros2_bilevel_fusion.core.bundle import load_bundle
     from training.export import export_bundle
-    from training.models import build_export_model
+    from training.models import build_export_model, conv_macs
     from training.quantize import add_int8, pair_feeds, split_feeds, time_graphs
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(0)
     model = build_export_model({"fusion": "paper", "detector": None, "segmenter": None}).eval()
-    macs = conv_macs(model, (height, width))
+    macs = conv_macs(model, torch.zeros(1, 1, height, width), torch.zeros(1, 3, height, width))
     with tempfile.TemporaryDirectory() as scratch:
         folder = export_bundle(
             model, Path(scratch) / "paper", name="paper-untrained",

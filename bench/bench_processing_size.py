@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from ros2_bilevel_fusion.core.registration import Registration  # noqa: E402
 from ros2_bilevel_fusion.evaluation.folder import (  # noqa: E402
+    MAP_NMS_IOU,
+    MAP_SCORE_THRESHOLD,
     build_pipeline,
     pipeline_runner,
     score_pairs,
@@ -53,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline, bundle = build_pipeline(Path(args.bundle), "onnxruntime",
                                           Registration.identity())
         pipeline.max_input_pixels = width * height
-        pipeline.config.score_threshold = 0.001
-        pipeline.config.nms_iou = 0.65
+        pipeline.config.score_threshold = MAP_SCORE_THRESHOLD
+        pipeline.config.nms_iou = MAP_NMS_IOU
         totals: list[float] = []
         inference: list[float] = []
         run = pipeline_runner(pipeline)

@@ -86,9 +86,9 @@ def compare_quality(steps: int, lr: float, data_root: Path) -> dict[str, dict[st
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
 
+    from bench.bench_fusion_networks import fit_fusion_loss
     from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, mean_metrics
     from training.datasets import PairFolder, collate_pairs, msrs_pairs
-    from training.losses import fusion_loss
     from training.models import build_fusion
 
     torch.set_num_threads(1)
@@ -107,21 +107,9 @@ def compare_quality(steps: int, lr: float, data_root: Path) -> dict[str, dict[st
         loader = DataLoader(train_set, batch_size=2, shuffle=True, collate_fn=collate_pairs,
                             drop_last=True)
         fusion = build_fusion(name)
-        optimiser = torch.optim.Adam(fusion.parameters(), lr=lr)
-        step = 0
-        start = time.perf_counter()
-        while step < steps:
-            for batch in loader:
-                vis_y = batch["visible_ycrcb"][:, :1]
-                loss, _ = fusion_loss(fusion(batch["ir"], vis_y), batch["ir"], vis_y)
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                step += 1
-                if step >= steps:
-                    break
-        print(f"  trained {name} for {steps} steps in {time.perf_counter() - start:.0f} s, "
-              f"last loss {loss.item():.3f}", flush=True)
+        seconds, last_loss = fit_fusion_loss(fusion, loader, steps, lr)
+        print(f"  trained {name} for {steps} steps in {seconds:.0f} s, "
+              f"last loss {last_loss:.3f}", flush=True)
         fusion.eval()
         rows = []
         with torch.no_grad():

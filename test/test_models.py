@@ -18,6 +18,7 @@ from training.models import (
     build_export_model,
     build_fusion,
     build_segmenter,
+    conv_macs,
     count_parameters,
     decode_detections_torch,
 )
@@ -87,20 +88,7 @@ def test_fusion_output_shape_and_range(name: str, hw: tuple[int, int]) -> None:
 
 def conv_macs_per_pixel(module: torch.nn.Module, hw: tuple[int, int] = (96, 128)) -> float:
     """Multiply-accumulates of every Conv2d per input pixel (a speed proxy without timing)."""
-    total = 0
-
-    def count(conv: torch.nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        kernel = conv.kernel_size[0] * conv.kernel_size[1]
-        total += output.numel() * (conv.in_channels // conv.groups) * kernel
-
-    handles = [m.register_forward_hook(count) for m in module.modules()
-               if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        module(torch.rand(1, 1, *hw), torch.rand(1, 1, *hw))
-    for handle in handles:
-        handle.remove()
-    return total / (hw[0] * hw[1])
+    return conv_macs(module, torch.rand(1, 1, *hw), torch.rand(1, 1, *hw)) / (hw[0] * hw[1])
 
 
 def test_realtime_fusion_is_hundreds_of_times_cheaper_than_paper() -> None:

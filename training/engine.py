@@ -94,6 +94,16 @@ def _params(module: nn.Module | None) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad] if module is not None else []
 
 
+def as_segmenter_provenance(detector_provenance: dict[str, Any]) -> dict[str, Any]:
+    """The ``pretrained_detector*`` provenance of a YOLOX file, renamed for a segmenter built
+    from the same file (its class selection does not apply to a segmenter)."""
+    return {
+        k.replace("pretrained_detector", "pretrained_segmenter"): v
+        for k, v in detector_provenance.items()
+        if k != "pretrained_detector_keep_classes"
+    }
+
+
 def _fill(tensors: Iterable[torch.Tensor | None], like: list[nn.Parameter]) -> list[torch.Tensor]:
     return [
         torch.zeros_like(p) if g is None else g.detach() for g, p in zip(tensors, like, strict=True)
@@ -162,10 +172,9 @@ class Trainer:
                 len(SEGMENTATION_CLASSES), scfg.arch, seg_pretrained, scfg.train_backbone
             )
             if seg_pretrained is not None:
-                self.segmenter_provenance = {
-                    k.replace("pretrained_detector", "pretrained_segmenter"): v
-                    for k, v in yolox_provenance(seg_pretrained).items()
-                }
+                self.segmenter_provenance = as_segmenter_provenance(
+                    yolox_provenance(seg_pretrained)
+                )
         broadcast_module(self.fusion, self.info)
         for net in self.nets.values():
             broadcast_module(net, self.info)
@@ -207,11 +216,7 @@ class Trainer:
             # after init_from, so it is the loaded detector's backbone (a resume restores the
             # segmenter's own copy instead)
             copy_yolox_backbone(self.nets["detector"].net, self.nets["segmenter"].net)
-            self.segmenter_provenance = {
-                k.replace("pretrained_detector", "pretrained_segmenter"): v
-                for k, v in self.detector_provenance.items()
-                if k != "pretrained_detector_keep_classes"
-            }
+            self.segmenter_provenance = as_segmenter_provenance(self.detector_provenance)
             self.segmenter_provenance["segmenter_backbone"] = "copied from the detector"
         if resume is not None:
             self.load_checkpoint(resume)

@@ -223,6 +223,8 @@ def accuracy(bundle_path: Path, precision: str, split: str, data_root: Path) -> 
     runtime (the node's pipeline, the bundle's post-processing with mAP's usual low threshold)."""
     from ros2_bilevel_fusion.core.registration import Registration
     from ros2_bilevel_fusion.evaluation.folder import (
+        MAP_NMS_IOU,
+        MAP_SCORE_THRESHOLD,
         build_pipeline,
         pipeline_runner,
         score_pairs,
@@ -235,8 +237,8 @@ def accuracy(bundle_path: Path, precision: str, split: str, data_root: Path) -> 
     pipeline, bundle = build_pipeline(
         bundle_path, "onnxruntime", Registration.identity(), precision
     )
-    pipeline.config.score_threshold = 0.001
-    pipeline.config.nms_iou = 0.65
+    pipeline.config.score_threshold = MAP_SCORE_THRESHOLD
+    pipeline.config.nms_iou = MAP_NMS_IOU
     result = score_pairs(
         pairs, pipeline_runner(pipeline), method=precision, ground_truth=truth,
         detection_classes=bundle.detection.classes if bundle.detection else None,

@@ -42,6 +42,11 @@ from ros2_bilevel_fusion.evaluation.semantic_metrics import (
 
 LOG = logging.getLogger("fusion-eval")
 
+# Post-processing for mAP (the README's `--score-threshold 0.001 --nms-iou 0.65`): mAP ranks every
+# detection, so nearly nothing is cut by score; what the node shows uses the bundle's values.
+MAP_SCORE_THRESHOLD = 0.001
+MAP_NMS_IOU = 0.65
+
 BASELINE_LABELS = {name: f"{name} fusion (baseline)" for name in baselines.BASELINES}
 SAMPLE_COUNT = 4
 
