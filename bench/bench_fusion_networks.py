@@ -11,9 +11,10 @@ Every variant trains from the same seed for ``--steps`` Adam steps (lr 1e-3, bat
 crops, one thread) on the fusion loss alone, on ``roadscene:train`` + ``msrs_det:train``, and
 is then scored on the validation splits through the runtime's preprocessing
 (``training.evaluation.evaluate_fusion_folder``): the eight paper metrics, beside mean and max
-fusion computed by the same code. Its ONNX graph is timed at 640x480 (onnxruntime CPU,
-``--threads``, medians of interleaved rounds). This compares designs at a small budget; it is
-not the shipped model's training, and TNO-25 (the test set) is never scored here.
+fusion computed by the same code, and the reference score that chooses checkpoints. Its ONNX
+graph is timed at 640x480 (onnxruntime CPU, ``--threads``, medians of interleaved rounds).
+This compares designs at a small budget; it is not the shipped model's training, and TNO-25
+(the test set) is never scored here.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def fit_fusion_loss(fusion, loader, steps: int, lr: float, weights=None) -> tupl
             step += 1
             if step >= steps:
                 break
-    return time.perf_counter() - start, float(loss) if loss is not None else float("nan")
+    return time.perf_counter() - start, float(loss.detach()) if loss is not None else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from ros2_bilevel_fusion.backends import create_backend
     from ros2_bilevel_fusion.core.bundle import load_bundle
     from ros2_bilevel_fusion.evaluation.folder import score_pairs, split_pairs
-    from training.evaluation import evaluate_fusion_folder
+    from training.evaluation import evaluate_fusion_folder, reference_score
     from training.export import export_bundle
     from training.models import ExportModel, count_parameters
 
@@ -139,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(pairs)} validation pairs ({' + '.join(val_splits)}); {args.steps} steps each, "
           f"seed {args.seed}; "
           f"ms at 640x480, onnxruntime {args.threads} threads")
-    print("| variant | params | ms | " + " | ".join(METRICS) + " |")
-    print("|---" * (len(METRICS) + 3) + "|")
+    # score: the best-checkpoint criterion (mean of value / CDDFuse's TNO figure), which
+    # weighs a relative change of every metric alike; the CDDFuse figures only normalise here
+    print("| variant | params | ms | " + " | ".join(METRICS) + " | score |")
+    print("|---" * (len(METRICS) + 4) + "|")
     for label, values in rows.items():
         print(f"| {label} | {int(values['params'])} | {ms[label]:.1f} | "
-              + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
+              + " | ".join(f"{values[m]:.3f}" for m in METRICS)
+              + f" | {reference_score(values, list(METRICS)):.4f} |")
     for name, values in baselines.items():
-        print(f"| {name} | - | - | " + " | ".join(f"{values[m]:.3f}" for m in METRICS) + " |")
+        print(f"| {name} | - | - | " + " | ".join(f"{values[m]:.3f}" for m in METRICS)
+              + f" | {reference_score(values, list(METRICS)):.4f} |")
     return 0
 
 
