@@ -60,7 +60,8 @@ def test_existing_configs_keep_fcos_and_yolox_semantic_is_valid():
     for path in sorted((REPO / "training" / "configs").glob("*.yaml")):
         config = load_config(path)
         yolox_stage = path.stem.startswith(
-            ("yolox", "ablation_det_", "ablation_yolox", "perception", "fusion_global")
+            ("yolox", "ablation_det_", "ablation_yolox", "perception", "fusion_global",
+             "fusion_objective", "paper_")
         )
         expected = "yolox_nano" if yolox_stage else "fcos"
         assert config.detector.arch == expected, path
