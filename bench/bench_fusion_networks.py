@@ -54,16 +54,13 @@ def train(name: str, weights, steps: int, seed: int = 0):
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
 
-    from ros2_bilevel_fusion.evaluation.splits import split_folder, split_names
-    from training.datasets import PairFolder, collate_pairs
+    from training.data import split_pair_folder
+    from training.datasets import collate_pairs
     from training.models import build_fusion
 
     torch.manual_seed(seed)
-    parts = [
-        PairFolder(split_folder(split, DATA_ROOT), names=split_names(split, DATA_ROOT),
-                   crop=128, train=True)
-        for split in ("roadscene:train", "msrs_det:train")
-    ]
+    parts = [split_pair_folder(split, DATA_ROOT, crop=128)
+             for split in ("roadscene:train", "msrs_det:train")]
     loader = DataLoader(ConcatDataset(parts), batch_size=4, shuffle=True,
                         collate_fn=collate_pairs, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))

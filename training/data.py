@@ -45,6 +45,14 @@ class TrainingData:
     extra_eval: dict[str, Dataset] = field(default_factory=dict)
 
 
+def split_pair_folder(split: str, root: Path, crop: int) -> datasets.PairFolder:
+    """The pairs of a named split (evaluation/splits.py) as fusion training data: random
+    ``crop`` px crops, augmentation on."""
+    return datasets.PairFolder(
+        split_folder(split, root), names=split_names(split, root), crop=crop, train=True
+    )
+
+
 def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData:
     """RoadScene + MSRS-train pairs for fusion; labelled MSRS-train + synthetic for the semantic
     modules; MSRS eval names, a synthetic eval set and the TNO folder held out."""
@@ -65,9 +73,7 @@ def build_data(config: TrainConfig, repo_root: Path = REPO_ROOT) -> TrainingData
         if ":" in name:  # a named split (evaluation/splits.py), e.g. roadscene:train
             if not name.endswith(":train"):
                 raise ValueError(f"fusion set {name!r}: only :train splits are training data")
-            part = datasets.PairFolder(
-                split_folder(name, root), names=split_names(name, root), crop=crop, train=True
-            )
+            part = split_pair_folder(name, root, crop)
             counts[f"fusion/{name}"] = len(part)
             fusion_parts.append(part)
             continue

@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -49,11 +49,13 @@ import numpy as np
 from ros2_bilevel_fusion.core.bundle import ModelBundle, load_bundle, save_bundle
 from ros2_bilevel_fusion.core.processing import prepare_inputs
 from ros2_bilevel_fusion.evaluation import splits
-from ros2_bilevel_fusion.evaluation.metrics import find_pair_file
 from training.yolox import BACKBONE_AND_NECK
 
 INT8_FILE = "model_int8.onnx"
 SCOPES = ("all", "semantic", "backbone")
+# activation-range calibration of quantize_graph (onnxruntime's CalibrationMethod)
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+T = TypeVar("T")
 
 # The accuracy budget (issue 11): AP points as fractions, fusion metrics as relative change.
 MAX_AP_DROP = 0.01
@@ -72,8 +74,8 @@ class Feeds:
     values: dict[str, np.ndarray]
 
 
-def spread(names: Sequence[str], count: int) -> list[str]:
-    """``count`` names evenly spread over ``names`` (all of them when there are fewer)."""
+def spread(names: Sequence[T], count: int) -> list[T]:
+    """``count`` items evenly spread over ``names`` (all of them when there are fewer)."""
     if count <= 0:
         raise ValueError("count must be >= 1")
     if count >= len(names):
@@ -96,17 +98,17 @@ def split_feeds(
     """Calibration feeds of ``count`` pairs spread over ``split`` (refuses val and test)."""
     if not split.endswith(":train"):
         raise ValueError(f"calibrate on a training split, not {split!r} (val and test stay unseen)")
-    folder = splits.split_folder(split, data_root)
-    names = spread(splits.split_names(split, data_root), count)
+    from ros2_bilevel_fusion.evaluation.folder import split_pairs
+
+    pairs = spread(split_pairs(split, data_root)[0], count)
     feeds = []
-    for name in names:
-        ir_path = find_pair_file(folder / "ir", name)
-        visible_path = find_pair_file(folder / "vi", name)
-        ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE) if ir_path else None
-        visible = cv2.imread(str(visible_path), cv2.IMREAD_COLOR) if visible_path else None
+    for pair in pairs:
+        ir = cv2.imread(str(pair.ir_path), cv2.IMREAD_GRAYSCALE)
+        visible = cv2.imread(str(pair.visible_path), cv2.IMREAD_COLOR)
         if ir is None or visible is None:
-            raise FileNotFoundError(f"{split}: cannot read the pair {name}")
+            raise FileNotFoundError(f"{split}: cannot read the pair {pair.stem}")
         feeds.append(pair_feeds(ir, visible, bundle))
+    names = [pair.stem for pair in pairs]
     return feeds, names
 
 
@@ -155,8 +157,8 @@ def quantize_graph(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
-    if calibration not in methods:
-        raise ValueError(f"calibration must be one of {sorted(methods)}, got {calibration!r}")
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     if not feeds:
         raise ValueError("no calibration feeds")
 
@@ -330,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-split", default="msrs_det:train")
     parser.add_argument("--calib-pairs", type=int, default=16)
     parser.add_argument("--scope", default="all", choices=SCOPES)
-    parser.add_argument("--calibration", default="minmax",
-                        choices=("minmax", "percentile", "entropy"))
+    parser.add_argument("--calibration", default="minmax", choices=CALIBRATIONS)
     parser.add_argument("--val-split", default="msrs_det:val")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=15)

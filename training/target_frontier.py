@@ -19,19 +19,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ros2_bilevel_fusion.evaluation import splits
-from ros2_bilevel_fusion.evaluation.metrics import (
-    find_pair_file,
-    fusion_metrics,
-    list_images,
-    mean_metrics,
-    read_u8,
-)
+from ros2_bilevel_fusion.evaluation.folder import FolderPair, find_folder_pairs, split_pairs
+from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, mean_metrics, read_u8
 from training.evaluation import CDDFUSE_TNO
 from training.losses import TARGETS, FusionLossWeights, fusion_target
 
@@ -60,31 +55,18 @@ def score_target(
     return mean_metrics(rows, PAPER_METRICS)
 
 
-def folder_pairs(
-    folder: Path, stems: set[str] | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Grey 8-bit (IR, visible) of the pairs of ``folder/ir`` + ``folder/vi`` (only ``stems``
-    when given), the visible image resized to the IR's size when they differ (RoadScene's
-    sizes vary by a pixel)."""
+def grey_pairs(pairs: Sequence[FolderPair]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grey 8-bit (IR, visible) images of ``pairs``, the visible image resized to the IR's size
+    when they differ (RoadScene's sizes vary by a pixel)."""
     import cv2
 
-    pairs = []
-    for path in list_images(folder / "ir"):
-        visible_path = find_pair_file(folder / "vi", path.name)
-        if visible_path is None or (stems is not None and path.stem not in stems):
-            continue
-        ir, vis = read_u8(path, grey=True), read_u8(visible_path, grey=True)
+    images = []
+    for pair in pairs:
+        ir, vis = read_u8(pair.ir_path, grey=True), read_u8(pair.visible_path, grey=True)
         if vis.shape != ir.shape:
             vis = cv2.resize(vis, (ir.shape[1], ir.shape[0]), interpolation=cv2.INTER_AREA)
-        pairs.append((ir, vis))
-    return pairs
-
-
-def split_pair_images(split: str, data_root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The grey pairs of a named split (evaluation/splits.py)."""
-    return folder_pairs(
-        splits.split_folder(split, data_root), set(splits.split_names(split, data_root))
-    )
+        images.append((ir, vis))
+    return images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mean-weight", type=float, nargs="+", default=[0.0])
     args = parser.parse_args(argv)
     if args.folder is not None:
-        pairs = folder_pairs(args.folder)
+        pairs = grey_pairs(find_folder_pairs(args.folder / "ir", args.folder / "vi"))
         source = str(args.folder)
     else:
         names = args.split or list(DEFAULT_SPLITS)
-        pairs = [p for split in names for p in split_pair_images(split, args.data_root)]
+        pairs = [p for split in names for p in grey_pairs(split_pairs(split, args.data_root)[0])]
         source = " + ".join(names)
     is_tno = args.folder is not None and args.folder.name == "tno"
     print(f"{len(pairs)} pairs of {source}")
