@@ -5,6 +5,7 @@ arrays, and the real DeepLabV3 teacher on one REAL msrs_det training pair (skips
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -154,3 +155,37 @@ def test_training_pool_reads_the_pseudo_masks_of_its_split(tmp_path, monkeypatch
     assert built.provenance["pseudo_masks"]["teacher_sha256"] == "0" * 64
     off = load_config(REPO / "training" / "configs" / "yolox_semantic.yaml")
     assert not off.data.msrs_det_pseudo_masks
+
+
+@needs_teacher
+def test_masked_pairs_get_the_rules_labels_and_only_they(tmp_path):
+    """write_masked on a data root holding two REAL msrs/ pairs, one with a real mask: only the
+    masked pair gets a pseudo-label, and it is pseudo_mask's for that pair."""
+    source = DATA / "msrs"
+    masked = sorted(path.stem for path in (source / "masks").glob("*.png"))[0]
+    unmasked = next(
+        path.stem for path in sorted((source / "ir").glob("*.png"))
+        if not (source / "masks" / path.name).is_file()
+    )
+    root = tmp_path / "data"
+    for name in (masked, unmasked):
+        for sub in ("ir", "vi"):
+            (root / "msrs" / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / sub / f"{name}.png", root / "msrs" / sub / f"{name}.png")
+        for annotation in ("fusion", "infrared", "visible"):
+            label = source / "labels" / annotation / f"{name}.txt"
+            if label.is_file():
+                target = root / "msrs" / "labels" / annotation / label.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(label, target)
+    (root / "msrs" / "masks").mkdir()
+    shutil.copyfile(source / "masks" / f"{masked}.png", root / "msrs" / "masks" / f"{masked}.png")
+
+    out = tmp_path / "pseudo"
+    assert pseudo_masks.write_masked(out, root, TEACHER, threads=1) == [masked]
+    assert sorted(path.name for path in out.iterdir()) == [f"{masked}.png"]
+    written = cv2.imread(str(out / f"{masked}.png"), cv2.IMREAD_UNCHANGED)
+    ir, visible, boxes, classes = pseudo_masks._labelled_pair(root / "msrs", masked)
+    session = pseudo_masks.teacher_session(TEACHER, threads=1)
+    expected = pseudo_masks.pseudo_mask(session, ir, visible, boxes, classes)
+    assert written.shape == ir.shape and np.array_equal(written, expected)

@@ -27,6 +27,7 @@ segmentation ids, 255 = no label) and a ``manifest.json`` (teacher sha256, names
 
     python -m training.pseudo_masks --split msrs_det:train --out runs/pseudo_masks/msrs_det_train
     python -m training.pseudo_masks --measure-holdout   # the rule against the 8 real masks
+    python -m training.pseudo_masks --masked-out DIR    # its labels of the masked msrs/ pairs
 """
 
 from __future__ import annotations
@@ -158,6 +159,17 @@ def _read_pair(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return ir, visible
 
 
+def _labelled_pair(
+    folder: Path, name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ir, visible, merged boxes and their classes of one pair (no label file: no boxes)."""
+    ir, visible = _read_pair(folder, name)
+    height, width = ir.shape
+    truth = read_merged_labels(folder / "labels", name, width, height)
+    boxes, classes = truth if truth is not None else (np.zeros((0, 4)), np.zeros(0, int))
+    return ir, visible, boxes, classes
+
+
 def _manifest(split: str, names: Sequence[str], teacher: Path) -> dict:
     return {
         "rule_version": RULE_VERSION,
@@ -187,10 +199,7 @@ def write_split(
     folder = split_folder(split, data_root)
     session = teacher_session(teacher, threads)
     for index, name in enumerate(names):
-        ir, visible = _read_pair(folder, name)
-        height, width = ir.shape
-        truth = read_merged_labels(folder / "labels", name, width, height)
-        boxes, classes = truth if truth is not None else (np.zeros((0, 4)), np.zeros(0, int))
+        ir, visible, boxes, classes = _labelled_pair(folder, name)
         cv2.imwrite(str(out / f"{name}.png"), pseudo_mask(session, ir, visible, boxes, classes))
         if not quiet and (index + 1) % 20 == 0:
             print(f"[pseudo_masks] {index + 1}/{len(names)}", file=sys.stderr)
@@ -211,10 +220,7 @@ def measure_holdout(data_root: Path, teacher: Path | None = None) -> dict[str, f
         if not mask_path.is_file():
             continue
         truth_mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) == 255
-        ir, visible = _read_pair(folder, name)
-        height, width = ir.shape
-        truth = read_merged_labels(folder / "labels", name, width, height)
-        boxes, classes = truth if truth is not None else (np.zeros((0, 4)), np.zeros(0, int))
+        ir, visible, boxes, classes = _labelled_pair(folder, name)
         p_ir = teacher_probabilities(session, cv2.cvtColor(ir, cv2.COLOR_GRAY2RGB))
         p_vi = teacher_probabilities(session, cv2.cvtColor(visible, cv2.COLOR_BGR2RGB))
         union = merge_modalities(p_ir, p_vi)
@@ -231,6 +237,24 @@ def measure_holdout(data_root: Path, teacher: Path | None = None) -> dict[str, f
     return {key: float(c[0] / max(c[1], 1)) for key, c in counts.items()}
 
 
+def write_masked(
+    out: Path, data_root: Path, teacher: Path | None = None, threads: int = 0
+) -> list[str]:
+    """The rule's pseudo-labels of every ``msrs/`` pair that has a real mask (the 8 pairs of the
+    segmentation test) into ``out``, one PNG each; returns their names. A bundle can then be
+    scored against both label sources on the same images (``fusion-eval folder --masks out``
+    beside ``--masks msrs/masks --mask-map 255:1``), which separates how good the pseudo-labels
+    are as a measure from how much the images differ. A measurement, never a choice."""
+    folder = data_root / "msrs"
+    names = sorted(path.stem for path in (folder / "masks").glob("*.png"))
+    out.mkdir(parents=True, exist_ok=True)
+    session = teacher_session(teacher, threads)
+    for name in names:
+        ir, visible, boxes, classes = _labelled_pair(folder, name)
+        cv2.imwrite(str(out / f"{name}.png"), pseudo_mask(session, ir, visible, boxes, classes))
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="msrs_det:train")
@@ -239,10 +263,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--measure-holdout", action="store_true",
                         help="print the person IoU of the rule on the 8 held-out MSRS masks")
+    parser.add_argument("--masked-out", default=None, metavar="DIR",
+                        help="write the rule's pseudo-labels of the msrs/ pairs with real masks")
     args = parser.parse_args(argv)
     data_root = (REPO_ROOT / args.data_root).resolve()
     if args.measure_holdout:
         print(json.dumps(measure_holdout(data_root), indent=1))
+        return 0
+    if args.masked_out:
+        names = write_masked(Path(args.masked_out), data_root, threads=args.threads)
+        print(f"{len(names)} pseudo-labels in {args.masked_out}")
         return 0
     out = Path(args.out) if args.out else default_folder(args.split)
     write_split(args.split, out, data_root, threads=args.threads)
