@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from ros2_bilevel_fusion.backends import create_backend
     from ros2_bilevel_fusion.core.bundle import load_bundle
     from ros2_bilevel_fusion.evaluation.folder import score_pairs, split_pairs
-    from training.evaluation import evaluate_fusion_folder, reference_score
+    from training.evaluation import evaluate_fusion_folder, reference_reach, reference_score
     from training.export import export_bundle
     from training.models import ExportModel, count_parameters
 
@@ -138,16 +138,21 @@ def main(argv: list[str] | None = None) -> int:
           f"seed {args.seed}; "
           f"ms at 640x480, onnxruntime {args.threads} threads")
     # score: the best-checkpoint criterion (mean of value / CDDFuse's TNO figure), which
-    # weighs a relative change of every metric alike; the CDDFuse figures only normalise here
-    print("| variant | params | ms | " + " | ".join(METRICS) + " | score |")
-    print("|---" * (len(METRICS) + 4) + "|")
+    # weighs a relative change of every metric alike; reach: the same ratios capped at 1 (no
+    # credit past the figure). The CDDFuse figures only normalise here.
+    print("| variant | params | ms | " + " | ".join(METRICS) + " | score | reach |")
+    print("|---" * (len(METRICS) + 5) + "|")
+
+    def criteria(values: dict[str, float]) -> str:
+        return (f" | {reference_score(values, list(METRICS)):.4f}"
+                f" | {reference_reach(values, list(METRICS)):.4f} |")
+
     for label, values in rows.items():
         print(f"| {label} | {int(values['params'])} | {ms[label]:.1f} | "
-              + " | ".join(f"{values[m]:.3f}" for m in METRICS)
-              + f" | {reference_score(values, list(METRICS)):.4f} |")
+              + " | ".join(f"{values[m]:.3f}" for m in METRICS) + criteria(values))
     for name, values in baselines.items():
         print(f"| {name} | - | - | " + " | ".join(f"{values[m]:.3f}" for m in METRICS)
-              + f" | {reference_score(values, list(METRICS)):.4f} |")
+              + criteria(values))
     return 0
 
 
