@@ -1,0 +1,92 @@
+"""One row per ``fusion-eval folder --out`` report: the 8 fusion metrics, the two criteria against
+CDDFuse's figures, and detection / segmentation when the report has them; then the mean
+criteria over the reports given (the lane rules of docs/fusion_protocol.md average the
+``roadscene:val`` and ``msrs_det:val`` reports of one bundle)::
+
+    python -m training.lane_report runs/eval/roadscene_val runs/eval/msrs_det_val
+
+Reads only ``summary.json`` (no model is run). Imports ``training.evaluation`` for its two
+criteria (which brings torch, as every training module does) and the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.evaluation import reference_reach, reference_score
+
+METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """What one report says about the bundle it scored."""
+
+    folder: str
+    metrics: dict[str, float]
+    score: float
+    reach: float
+    map50: float | None = None
+    person_ap50: float | None = None
+    person_iou: float | None = None
+
+
+def read_report(folder: Path) -> ReportRow:
+    """The row of one report folder (its ``summary.json``)."""
+    summary = json.loads((folder / "summary.json").read_text())
+    metrics = {name: float(summary["means"][summary["model"]][name]) for name in METRICS}
+    detection = summary.get("detection") or {}
+    segmentation = summary.get("segmentation") or {}
+    iou = dict(zip(segmentation.get("classes", []), segmentation.get("per_class_iou", []),
+                   strict=False))
+    return ReportRow(
+        folder=str(folder), metrics=metrics,
+        score=reference_score(metrics, list(METRICS)),
+        reach=reference_reach(metrics, list(METRICS)),
+        map50=detection.get("mAP50"),
+        person_ap50=(detection.get("per_class_AP50") or {}).get("person"),
+        person_iou=iou.get("person"),
+    )
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_rows(rows: Sequence[ReportRow]) -> str:
+    """A Markdown table of the rows and a last line with the mean score and reach."""
+    lines = ["| report | " + " | ".join(METRICS)
+             + " | score | reach | mAP@0.5 | person AP@0.5 | person IoU |",
+             "|---" * (len(METRICS) + 6) + "|"]
+    for row in rows:
+        lines.append(
+            f"| {row.folder} | " + " | ".join(f"{row.metrics[m]:.3f}" for m in METRICS)
+            + f" | {row.score:.4f} | {row.reach:.4f} | {_cell(row.map50)}"
+            f" | {_cell(row.person_ap50)} | {_cell(row.person_iou)} |"
+        )
+    if rows:
+        lines.append(f"mean over {len(rows)} reports: score "
+                     f"{sum(r.score for r in rows) / len(rows):.4f}, reach "
+                     f"{sum(r.reach for r in rows) / len(rows):.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", help="fusion-eval folder --out folders")
+    args = parser.parse_args(argv)
+    missing = [r for r in args.reports if not (Path(r) / "summary.json").is_file()]
+    if missing:
+        print(f"no summary.json in: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    print(format_rows([read_report(Path(r)) for r in args.reports]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
