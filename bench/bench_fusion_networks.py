@@ -30,7 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 SHIPPED_LOSS = {"intensity": 3.0, "gradient": 10.0, "ssim": 1.5, "detail_gain": 0.3,
                 "detail_sigma": 1.5, "contrast": 1.2}
 
@@ -109,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from ros2_bilevel_fusion.backends import create_backend
     from ros2_bilevel_fusion.core.bundle import load_bundle
     from ros2_bilevel_fusion.evaluation.folder import score_pairs, split_pairs
+    from training.evaluation import PAPER_METRICS as METRICS
     from training.evaluation import evaluate_fusion_folder, reference_reach, reference_score
     from training.export import export_bundle
     from training.models import ExportModel, count_parameters

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 
 # CDDFuse (CVPR 2023) on the 25 TNO pairs: one copy of the published figures, the runtime's.
 CDDFUSE_TNO: dict[str, float] = CDDFUSE_TNO_PUBLISHED
+# The eight metrics the fusion tables and both criteria use, in the papers' order.
+PAPER_METRICS: tuple[str, ...] = tuple(CDDFUSE_TNO)
 
 
 @torch.no_grad()

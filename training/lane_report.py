@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.evaluation import PAPER_METRICS as METRICS
 from training.evaluation import reference_reach, reference_score
-
-METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 
 @dataclass(frozen=True)

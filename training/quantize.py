@@ -49,6 +49,7 @@ import numpy as np
 from ros2_bilevel_fusion.core.bundle import ModelBundle, load_bundle, save_bundle
 from ros2_bilevel_fusion.core.processing import prepare_inputs
 from ros2_bilevel_fusion.evaluation import splits
+from ros2_bilevel_fusion.evaluation.folder import split_pairs
 from training.yolox import BACKBONE_AND_NECK
 
 INT8_FILE = "model_int8.onnx"
@@ -98,8 +99,6 @@ def split_feeds(
     """Calibration feeds of ``count`` pairs spread over ``split`` (refuses val and test)."""
     if not split.endswith(":train"):
         raise ValueError(f"calibrate on a training split, not {split!r} (val and test stay unseen)")
-    from ros2_bilevel_fusion.evaluation.folder import split_pairs
-
     pairs = spread(split_pairs(split, data_root)[0], count)
     feeds = []
     for pair in pairs:

@@ -27,11 +27,9 @@ import torch
 
 from ros2_bilevel_fusion.evaluation.folder import FolderPair, find_folder_pairs, split_pairs
 from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, mean_metrics, read_u8
-from training.evaluation import CDDFUSE_TNO
+from training.evaluation import CDDFUSE_TNO, PAPER_METRICS
 from training.losses import TARGETS, FusionLossWeights, fusion_target
 
-# The eight metrics fusion papers report: the keys of the published CDDFuse table.
-PAPER_METRICS: tuple[str, ...] = tuple(CDDFUSE_TNO)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPLITS = ("roadscene:val", "msrs_det:val")
 
