@@ -82,6 +82,35 @@ def test_target_variants() -> None:
         fusion_target(ir, vis, FusionLossWeights(target="sum"))
 
 
+def test_region_weighted_image_follows_the_source_with_the_structure() -> None:
+    torch = pytest.importorskip("torch")
+    from training.losses import FusionLossWeights, fusion_target, region_weighted
+
+    # SYNTHETIC: the left half of the IR image and the right half of the visible one hold a
+    # checkerboard; each is flat (0.5) elsewhere.
+    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(128), indexing="ij")
+    checker = 0.5 + 0.4 * (((rows // 4) + (cols // 4)) % 2 * 2 - 1).float()
+    left = (cols < 64)[None, None]
+    ir = torch.where(left, checker, torch.tensor(0.5))
+    vis = torch.where(left, torch.tensor(0.5), checker)
+    weights = FusionLossWeights(region_sigma=4.0)
+    fused = region_weighted(ir, vis, weights)
+    # Away from the seam each side keeps its textured source at (nearly) full strength, where
+    # the plain mean halves it.
+    inner_left, inner_right = (..., slice(8, 56), slice(8, 48)), (..., slice(8, 56), slice(80, 120))
+    torch.testing.assert_close(fused[inner_left], ir[inner_left], atol=0.02, rtol=0)
+    torch.testing.assert_close(fused[inner_right], vis[inner_right], atol=0.02, rtol=0)
+    mean = 0.5 * (ir + vis)
+    assert float(mean[inner_left].std()) < 0.6 * float(fused[inner_left].std())
+    # Two flat sources give their mean, not 0/0.
+    flat_ir, flat_vis = torch.full((1, 1, 16, 16), 0.8), torch.full((1, 1, 16, 16), 0.2)
+    flat = region_weighted(flat_ir, flat_vis, weights)
+    torch.testing.assert_close(flat, torch.full_like(flat_ir, 0.5))
+    # As a share of the target it replaces that share of max(IR, Y).
+    mixed = fusion_target(ir, vis, FusionLossWeights(region_weight=0.25, region_sigma=4.0))
+    torch.testing.assert_close(mixed, 0.75 * torch.maximum(ir, vis) + 0.25 * fused)
+
+
 def test_whole_frame_context_branch_starts_as_the_plain_network(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from training.export import export_onnx
