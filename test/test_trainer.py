@@ -8,6 +8,7 @@ data folder is absent.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -457,3 +458,41 @@ def test_init_modules_loads_only_the_listed_modules(tmp_path: Path) -> None:
     assert any(not torch.equal(loaded[k], v) for k, v in source["detector"].items())
     with pytest.raises(ValueError, match="unknown modules"):
         _tiny_config(tmp_path, f"init_from={tmp_path}", "init_modules=[critic]")
+
+
+def test_device_option_resolves_and_fails_clearly() -> None:
+    from training.engine import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        load_config(SMOKE, ["device=tpu"])
+
+
+def test_a_collated_batch_moves_to_the_training_device_whole(tmp_path: Path) -> None:
+    from training.engine import to_device
+
+    trainer = Trainer(_tiny_config(tmp_path, "steps=0"), quiet=True)
+    batch = trainer._batch("labelled", 1)
+    # "meta" stands in for a GPU here: every tensor must move, and nothing else may change.
+    moved = to_device(batch, torch.device("meta"))
+    assert moved.keys() == batch.keys() and moved["names"] == batch["names"]
+    tensors = [moved[k] for k in ("ir", "visible_ycrcb", "mask", "has_mask", "has_boxes")]
+    tensors += list(moved["boxes"]) + list(moved["labels"])
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert isinstance(moved["boxes"], list)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bilevel_steps_and_evaluation_run_on_cuda(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path, "device=cuda", "steps=3", "eval.every=3")
+    trainer = Trainer(config, quiet=True)
+    history = trainer.train()
+    assert history[-1]["mode/bilevel"] == 1.0 and math.isfinite(history[-1]["score"])
+    assert all(p.device.type == "cuda" for p in trainer.fusion.parameters())
+    saved = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
+    assert saved["step"] == 3

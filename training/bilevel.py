@@ -56,12 +56,15 @@ Grads = list[torch.Tensor]
 
 
 def _flat_dot(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    total = torch.zeros((), dtype=torch.float64)
+    # Summed in order, as before the device option (same float64 bits on the CPU), on the
+    # gradients' own device; 0 when nothing pairs up.
+    total: torch.Tensor | None = None
     for x, y in zip(a, b, strict=True):
         if x is None or y is None:
             continue
-        total = total + (x.detach().double() * y.detach().double()).sum()
-    return total
+        term = (x.detach().double() * y.detach().double()).sum()
+        total = term if total is None else total + term
+    return total if total is not None else torch.zeros((), dtype=torch.float64)
 
 
 def grad_norm(grads: Sequence[torch.Tensor | None]) -> float:

@@ -28,6 +28,7 @@ from training.models import DETECTOR_ARCHS, SEGMENTER_ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("bilevel", "joint", "fusion_only")
+DEVICES = ("cpu", "cuda", "auto")
 MODULES = ("discriminator", "detector", "segmenter")
 
 _DETECTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DetectionSpec)}
@@ -227,6 +228,10 @@ class TrainConfig:
     out_dir: str | None = None  # default runs/<name>
     export: ExportConfig = field(default_factory=ExportConfig)
     threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+    # Where the networks train: "cpu" (what every shipped bundle was trained on), "cuda" (one
+    # GPU; an error where there is none) or "auto" (cuda when one is visible, else cpu).
+    # Data loading, augmentation and the metric code stay on the CPU.
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping (what checkpoints and bundle provenance store)."""
@@ -277,6 +282,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 def validate(config: TrainConfig) -> TrainConfig:
     if config.mode not in MODES:
         raise ValueError(f"mode {config.mode!r} not in {MODES}")
+    if config.device not in DEVICES:
+        raise ValueError(f"device {config.device!r} not in {DEVICES}")
     if int(config.steps) < 0 or int(config.batch_size) < 1:
         raise ValueError("steps must be >= 0 and batch_size >= 1")
     if int(config.crop) % 32:

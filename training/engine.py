@@ -23,7 +23,9 @@ Implementation choices (said here because they change numbers):
 * The lower-level step is Adam rather than plain SGD (faster on small budgets); the
   hypergradient does not depend on the optimiser.
 * Determinism, exact resume and data parallel: :mod:`training.distributed`. Checkpoints hold
-  models, optimisers, aggregator state, RNG states and the step.
+  models, optimisers, aggregator state, RNG states and the step. On ``device: cuda`` a step is
+  seeded the same way, but GPU kernels are not all deterministic, so a resumed GPU run may
+  differ in the last digits; data parallel stays a CPU (gloo) feature.
 """
 
 from __future__ import annotations
@@ -75,6 +77,31 @@ CRITIC_GP_WEIGHT = 10.0  # WGAN-GP's lambda (Gulrajani et al.), as losses.critic
 # ------------------------------------------------------------------------------------------
 # Small tensor helpers
 # ------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """The torch device of the config's ``device`` ("cpu", "cuda" or "auto"), with a clear
+    error where CUDA was asked for and is not there."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda, but torch sees no CUDA device (use cpu or auto)")
+        if info is not None and info.world > 1:
+            raise ValueError("data parallel (torchrun) trains on the CPU only: use device: cpu")
+    return torch.device(name)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """A collated batch (tensors, and lists / dicts of them) on ``device``; names and other
+    Python values are returned as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(item, device) for item in value)
+    return value
 
 
 def _loss_value(result: Any) -> torch.Tensor:
@@ -130,6 +157,7 @@ class Trainer:
         validate(config)
         self.config = config
         self.info = info or DistInfo()
+        self.device = resolve_device(str(config.device), self.info)
         self.quiet = quiet
         if int(config.threads or 0) > 0:
             torch.set_num_threads(int(config.threads))
@@ -165,6 +193,7 @@ class Trainer:
         if float(config.segmentation_background_weight) != 1.0:
             self.segmentation_class_weights = torch.ones(len(SEGMENTATION_CLASSES))
             self.segmentation_class_weights[0] = float(config.segmentation_background_weight)
+            self.segmentation_class_weights = self.segmentation_class_weights.to(self.device)
         if "segmenter" in self.active:
             scfg = config.segmenter
             seg_pretrained = REPO_ROOT / str(scfg.pretrained) if scfg.pretrained else None
@@ -175,6 +204,10 @@ class Trainer:
                 self.segmenter_provenance = as_segmenter_provenance(
                     yolox_provenance(seg_pretrained)
                 )
+        # On the device before the optimisers exist, so their state lives there too.
+        self.fusion.to(self.device)
+        for net in self.nets.values():
+            net.to(self.device)
         broadcast_module(self.fusion, self.info)
         for net in self.nets.values():
             broadcast_module(net, self.info)
@@ -241,7 +274,7 @@ class Trainer:
         indices = batch_indices(
             len(dataset), int(self.config.batch_size), self.seed, stream, self.step, self.info
         )
-        return self.data.collate([dataset[i] for i in indices])
+        return to_device(self.data.collate([dataset[i] for i in indices]), self.device)
 
     # -------------------------------------------------------------- losses
     def _fusion_loss(self, fused: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:

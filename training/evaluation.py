@@ -64,6 +64,13 @@ CDDFUSE_TNO: dict[str, float] = CDDFUSE_TNO_PUBLISHED
 PAPER_METRICS: tuple[str, ...] = tuple(CDDFUSE_TNO)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where a network's parameters live (the CPU for a parameter-free one): evaluation moves
+    its inputs there and its outputs back to NumPy on the CPU."""
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def fuse_u8(
     fusion: nn.Module, ir_u8: np.ndarray, vis_bgr_u8: np.ndarray, bundle: ModelBundle | None = None
@@ -72,12 +79,14 @@ def fuse_u8(
     ``prepare_inputs`` (YCrCb / 255, padding), the network, then ``fused_to_u8``."""
     bundle = bundle or runtime_spec()
     prepared = prepare_inputs(ir_u8, vis_bgr_u8, bundle)
+    device = module_device(fusion)
     fused = fusion(
-        torch.from_numpy(prepared.ir), torch.from_numpy(prepared.visible_ycrcb[:, :1])
+        torch.from_numpy(prepared.ir).to(device),
+        torch.from_numpy(prepared.visible_ycrcb[:, :1]).to(device),
     )
     if prepared.network_hw != prepared.image_hw:
         raise ValueError("training evaluates dynamic-size graphs only")
-    return fused_to_u8(fused.numpy(), prepared.image_hw)
+    return fused_to_u8(fused.cpu().numpy(), prepared.image_hw)
 
 
 def torch_runner(fusion: nn.Module, bundle: ModelBundle | None = None) -> RunPair:
@@ -154,13 +163,15 @@ def detect(
         decoded = decode_detections_torch(
             outputs, detector.strides, score_threshold=score_threshold
         )
-        return [{k: v.numpy() for k, v in d.items()} for d in decoded]
+        return [{k: v.cpu().numpy() for k, v in d.items()} for d in decoded]
     spec = detection_spec(detector)
     names = spec.output_names
     flat = [t for level in outputs for t in level]
     results = []
     for image in range(rgb.shape[0]):
-        arrays = {n: t[image : image + 1].numpy() for n, t in zip(names, flat, strict=True)}
+        arrays = {
+            n: t[image : image + 1].cpu().numpy() for n, t in zip(names, flat, strict=True)
+        }
         found = decode_detections(
             arrays, spec, tuple(rgb.shape[-2:]), score_threshold, 0.5, 100
         )
@@ -187,17 +198,18 @@ def evaluate_semantic(
     predictions, truths = [], []
     confusion = ConfusionMatrix(len(SEGMENTATION_CLASSES))
     masked = 0
+    device = module_device(fusion)
     for index in range(len(dataset)):
         item = dataset[index]
-        ir = item["ir"][None]
-        ycrcb = item["visible_ycrcb"][None]
+        ir = item["ir"][None].to(device)
+        ycrcb = item["visible_ycrcb"][None].to(device)
         fused = fusion(ir, ycrcb[:, :1])
         rgb = colour_image(fused, ycrcb)
         if detector is not None:
             predictions.append(detect(detector, rgb, score_threshold)[0])
             truths.append({"boxes": item["boxes"].numpy(), "labels": item["labels"].numpy()})
         if segmenter is not None and bool(item["has_mask"]):
-            labels = segmenter(rgb)[0].argmax(0).numpy()
+            labels = segmenter(rgb)[0].argmax(0).cpu().numpy()
             confusion.update(labels, item["mask"].numpy())
             masked += 1
     out: dict[str, float] = {}
