@@ -45,7 +45,7 @@ def parse_variant(text: str):
         field_types = {f.name: f.type for f in dataclasses.fields(FusionLossWeights)}
         if key not in field_types:
             raise SystemExit(f"unknown fusion loss key {key!r} in {text!r}")
-        values[key] = value if key == "target" else float(value)
+        values[key] = value if key in ("target", "stretch") else float(value)
     return text, name, FusionLossWeights(**values)
 
 
@@ -116,13 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     variants = [parse_variant(v) for v in (args.variant or ["realtime", "realtime_global"])]
     val_splits = args.val or ["roadscene:val", "msrs_det:val"]
-    pairs = [p for split in val_splits for p in split_pairs(split, DATA_ROOT)[0]]
+    pairs_by_split = {split: split_pairs(split, DATA_ROOT)[0] for split in val_splits}
+    pairs = [p for split in val_splits for p in pairs_by_split[split]]
     rows: dict[str, dict[str, float]] = {}
+    split_rows: dict[str, dict[str, dict[str, float]]] = {}
     graphs = {}
     with tempfile.TemporaryDirectory() as scratch:
         for label, name, weights in variants:
             fusion, seconds = train(name, weights, args.steps, args.seed)
-            rows[label], _ = evaluate_fusion_folder(fusion, pairs)
+            # per split, then pooled (the mean over all pairs = the pair-weighted mean of the
+            # splits' means): the lane rules read both
+            split_rows[label] = {
+                split: evaluate_fusion_folder(fusion, split_list)[0]
+                for split, split_list in pairs_by_split.items()
+            }
+            rows[label] = {
+                m: sum(len(pairs_by_split[split]) * values[m]
+                       for split, values in split_rows[label].items()) / len(pairs)
+                for m in METRICS
+            }
             rows[label]["params"] = count_parameters(fusion)
             rows[label]["train_s"] = seconds
             model = ExportModel(fusion, None, None,
@@ -153,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in baselines.items():
         print(f"| {name} | - | - | " + " | ".join(f"{values[m]:.3f}" for m in METRICS)
               + criteria(values))
+    print("\n| variant | " + " | ".join(f"reach {split}" for split in val_splits) + " |")
+    print("|---" * (len(val_splits) + 1) + "|")
+    for label, per_split in split_rows.items():
+        print(f"| {label} | " + " | ".join(
+            f"{reference_reach(per_split[split], list(METRICS)):.4f}" for split in val_splits
+        ) + " |")
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ros2_bilevel_fusion.core.bundle import DetectionSpec
-from training.losses import TARGETS, FusionLossWeights
+from training.losses import STRETCHES, TARGETS, FusionLossWeights
 from training.models import DETECTOR_ARCHS, SEGMENTER_ARCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -320,6 +320,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError("segmenter.pretrained is only for segmenter.arch yolox_nano")
     if config.fusion_loss.target not in TARGETS:
         raise ValueError(f"fusion_loss.target must be one of {list(TARGETS)}")
+    if config.fusion_loss.stretch not in STRETCHES:
+        raise ValueError(f"fusion_loss.stretch must be one of {list(STRETCHES)}")
     if config.segmenter.backbone_from_detector and (
         config.segmenter.arch != "yolox_nano" or config.detector.arch != "yolox_nano"
     ):

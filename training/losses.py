@@ -51,9 +51,16 @@ class FusionLossWeights:
     region_weight: float = 0.0
     region_sigma: float = 8.0
     region_power: float = 2.0
+    # How ``contrast`` stretches the target about its mean: "factor" multiplies every deviation
+    # by it (so the result's spread follows the mix's, which mixing lowers where the sources
+    # disagree); "sources" scales the deviations so that the target's standard deviation is
+    # ``contrast`` times the larger of the two sources' (per image: a dim, flat scene and a
+    # bright one come out as contrasted as their better camera).
+    stretch: str = "factor"
 
 
 TARGETS: tuple[str, ...] = ("max", "detail_max")
+STRETCHES: tuple[str, ...] = ("factor", "sources")
 
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
@@ -144,7 +151,18 @@ def fusion_target(
         target = target + weights.detail_gain * (
             target - gaussian_blur(target, weights.detail_sigma)
         )
-    if weights.contrast != 1.0:
+    if weights.stretch == "sources":
+        mean = target.mean(dim=(-2, -1), keepdim=True)
+        spread = target.std(dim=(-2, -1), keepdim=True)
+        source_spread = torch.maximum(
+            ir.std(dim=(-2, -1), keepdim=True), vis_y.std(dim=(-2, -1), keepdim=True)
+        )
+        # a flat target (spread ~ 0) stays flat rather than amplifying its noise
+        factor = weights.contrast * source_spread / spread.clamp_min(1e-3)
+        target = factor * (target - mean) + mean
+    elif weights.stretch != "factor":
+        raise ValueError(f"stretch must be one of {STRETCHES}, got {weights.stretch!r}")
+    elif weights.contrast != 1.0:
         mean = target.mean(dim=(-2, -1), keepdim=True)
         target = weights.contrast * (target - mean) + mean
     return target.clamp(0.0, 1.0)
@@ -160,7 +178,7 @@ def fusion_loss(
     target = fusion_target(ir, vis_y, weights)
     intensity = F.l1_loss(fused, target)
     gradient_target = torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis_y))
-    if weights.detail_gain or weights.contrast != 1.0:
+    if weights.detail_gain or weights.contrast != 1.0 or weights.stretch != "factor":
         gradient_target = torch.maximum(gradient_target, sobel_magnitude(target))
     gradient = F.l1_loss(sobel_magnitude(fused), gradient_target)
     structure = 1.0 - 0.5 * (ssim(fused, ir) + ssim(fused, vis_y))

@@ -4,7 +4,7 @@
     python -m training.target_frontier [--split roadscene:val --split msrs_det:val]
         [--folder DIR] [--target max detail_max] [--detail-gain 0 0.3] [--contrast 1 1.2]
         [--detail-sigma 1.5] [--base-sigma 4] [--mean-weight 0 0.5]
-        [--region-weight 0 0.5] [--region-sigma 8] [--region-power 2]
+        [--region-weight 0 0.5] [--region-sigma 8] [--region-power 2] [--stretch factor sources]
 
 A network trained toward a target rarely beats the target on the metrics that reward copying
 a source (MI, Qabf), so this table is the ceiling to expect before spending CPU hours on
@@ -30,7 +30,7 @@ import torch
 from ros2_bilevel_fusion.evaluation.folder import FolderPair, find_folder_pairs, split_pairs
 from ros2_bilevel_fusion.evaluation.metrics import fusion_metrics, mean_metrics, read_u8
 from training.evaluation import CDDFUSE_TNO, PAPER_METRICS, reference_reach
-from training.losses import TARGETS, FusionLossWeights, fusion_target
+from training.losses import STRETCHES, TARGETS, FusionLossWeights, fusion_target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPLITS = ("roadscene:val", "msrs_det:val")
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region-weight", type=float, nargs="+", default=[0.0])
     parser.add_argument("--region-sigma", type=float, nargs="+", default=[8.0])
     parser.add_argument("--region-power", type=float, nargs="+", default=[2.0])
+    parser.add_argument("--stretch", nargs="+", default=["factor"], choices=STRETCHES)
     args = parser.parse_args(argv)
     if args.folder is not None:
         pairs = grey_pairs(find_folder_pairs(args.folder / "ir", args.folder / "vi"))
@@ -97,27 +98,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(pairs)} pairs of {source}")
     extra = " >= CDDFuse |" if is_tno else ""
     print("| target | base sigma | mean weight | region weight, sigma, power | detail_gain | "
-          "contrast | " + " | ".join(PAPER_METRICS) + " | reach | >= first row |" + extra)
+          "stretch, contrast | " + " | ".join(PAPER_METRICS) + " | reach | >= first row |"
+          + extra)
     print("|---" * (len(PAPER_METRICS) + 8 + bool(is_tno)) + "|")
     reference = None
     for (target, base_sigma, mean_weight, region_weight, region_sigma, region_power, gain,
-         contrast) in itertools.product(
+         stretch, contrast) in itertools.product(
         args.target, args.base_sigma, args.mean_weight, args.region_weight, args.region_sigma,
-        args.region_power, args.detail_gain, args.contrast,
+        args.region_power, args.detail_gain, args.stretch, args.contrast,
     ):
         weights = FusionLossWeights(
             detail_gain=gain, detail_sigma=args.detail_sigma, contrast=contrast,
             target=target, base_sigma=base_sigma, mean_weight=mean_weight,
             region_weight=region_weight, region_sigma=region_sigma, region_power=region_power,
+            stretch=stretch,
         )
         means = score_target(pairs, weights)
         reference = reference or means
         wins = sum(means[name] >= reference[name] for name in PAPER_METRICS)
         values = " | ".join(f"{means[name]:.3f}" for name in PAPER_METRICS)
         region = f"{region_weight:g}, {region_sigma:g}, {region_power:g}" if region_weight else "-"
+        reach = reference_reach(means, list(PAPER_METRICS))
         row = (f"| {target} | {base_sigma:g} | {mean_weight:g} | {region} | {gain:g} | "
-               f"{contrast:g} | {values} | {reference_reach(means, list(PAPER_METRICS)):.4f} | "
-               f"{wins} |")
+               f"{stretch}, {contrast:g} | {values} | {reach:.4f} | {wins} |")
         if is_tno:
             row += f" {sum(means[name] >= CDDFUSE_TNO[name] for name in PAPER_METRICS)} |"
         print(row, flush=True)
