@@ -82,6 +82,28 @@ def test_target_variants() -> None:
         fusion_target(ir, vis, FusionLossWeights(target="sum"))
 
 
+def test_sources_stretch_gives_the_target_the_spread_of_the_better_camera() -> None:
+    torch = pytest.importorskip("torch")
+    from training.losses import FusionLossWeights, fusion_target
+
+    generator = torch.Generator().manual_seed(0)
+    # SYNTHETIC: a dim, low-contrast scene (std ~0.03) and a brighter one (std ~0.1)
+    ir = 0.3 + 0.03 * torch.randn(2, 1, 64, 64, generator=generator)
+    vis = 0.4 + 0.1 * torch.randn(2, 1, 64, 64, generator=generator)
+    ir[1], vis[1] = 0.5 + 0.02 * torch.randn(1, 64, 64, generator=generator), 0.45
+    for contrast in (1.0, 0.8):
+        target = fusion_target(
+            ir, vis, FusionLossWeights(mean_weight=0.5, stretch="sources", contrast=contrast)
+        )
+        expected = torch.maximum(ir.std(dim=(-2, -1)), vis.std(dim=(-2, -1))) * contrast
+        torch.testing.assert_close(target.std(dim=(-2, -1)), expected, rtol=0.02, atol=1e-4)
+    # the "factor" stretch of the same mix leaves the second (flat-visible) scene flatter
+    factor = fusion_target(ir, vis, FusionLossWeights(mean_weight=0.5, contrast=1.0))
+    assert float(factor[1].std()) < 0.75 * float(ir[1].std())
+    with pytest.raises(ValueError, match="stretch"):
+        fusion_target(ir, vis, FusionLossWeights(stretch="global"))
+
+
 def test_region_weighted_image_follows_the_source_with_the_structure() -> None:
     torch = pytest.importorskip("torch")
     from training.losses import FusionLossWeights, fusion_target, region_weighted
