@@ -488,6 +488,16 @@ def test_a_collated_batch_moves_to_the_training_device_whole(tmp_path: Path) -> 
     assert isinstance(moved["boxes"], list)
 
 
+def test_evaluation_runs_where_the_first_module_with_parameters_lives() -> None:
+    from training.evaluation import module_device
+    from training.models import build_fusion
+
+    mean = build_fusion("mean")  # parameter-free: runs wherever its inputs are
+    head = torch.nn.Linear(2, 2, device="meta")  # "meta" stands in for a GPU
+    assert module_device(mean) == torch.device("cpu")
+    assert module_device(mean, None, head).type == "meta"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bilevel_steps_and_evaluation_run_on_cuda(tmp_path: Path) -> None:
     config = _tiny_config(tmp_path, "device=cuda", "steps=3", "eval.every=3")

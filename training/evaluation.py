@@ -64,11 +64,15 @@ CDDFUSE_TNO: dict[str, float] = CDDFUSE_TNO_PUBLISHED
 PAPER_METRICS: tuple[str, ...] = tuple(CDDFUSE_TNO)
 
 
-def module_device(module: nn.Module) -> torch.device:
-    """Where a network's parameters live (the CPU for a parameter-free one): evaluation moves
-    its inputs there and its outputs back to NumPy on the CPU."""
-    parameter = next(module.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+def module_device(*modules: nn.Module | None) -> torch.device:
+    """Where the first of ``modules`` that has parameters lives (the CPU if none has: a
+    parameter-free fusion such as the mean runs anywhere): evaluation moves its inputs there
+    and its outputs back to NumPy on the CPU."""
+    for module in modules:
+        parameter = next(module.parameters(), None) if module is not None else None
+        if parameter is not None:
+            return parameter.device
+    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -198,7 +202,7 @@ def evaluate_semantic(
     predictions, truths = [], []
     confusion = ConfusionMatrix(len(SEGMENTATION_CLASSES))
     masked = 0
-    device = module_device(fusion)
+    device = module_device(fusion, detector, segmenter)
     for index in range(len(dataset)):
         item = dataset[index]
         ir = item["ir"][None].to(device)
