@@ -40,12 +40,13 @@ def parse_variant(text: str):
 
     name, _, changes = text.partition("@")
     values = dict(SHIPPED_LOSS)
+    # the dataclass says which keys are text (target, stretch); every other one is a number
+    field_types = {f.name: f.type for f in dataclasses.fields(FusionLossWeights)}
     for item in filter(None, changes.split(",")):
         key, _, value = item.partition("=")
-        field_types = {f.name: f.type for f in dataclasses.fields(FusionLossWeights)}
         if key not in field_types:
             raise SystemExit(f"unknown fusion loss key {key!r} in {text!r}")
-        values[key] = value if key in ("target", "stretch") else float(value)
+        values[key] = value if field_types[key] in (str, "str") else float(value)
     return text, name, FusionLossWeights(**values)
 
 

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ros2_bilevel_fusion.evaluation.metrics import find_pair_file
 from ros2_bilevel_fusion.evaluation.splits import get_split, split_folder, split_names
 from training.config import REPO_ROOT
 
@@ -32,10 +33,10 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def _image(folder: Path, name: str) -> Path:
-    matches = sorted(p for p in folder.glob(f"{name}.*") if p.is_file())
-    if not matches:
+    path = find_pair_file(folder, name)
+    if path is None:  # split_names lists names found on both sides: cannot happen
         raise FileNotFoundError(f"no image {name}.* in {folder}")
-    return matches[0]
+    return path
 
 
 def pack_splits(
