@@ -14,7 +14,14 @@ import yaml
 
 from ros2_bilevel_fusion.backends import BackendError, create_backend
 from ros2_bilevel_fusion.backends.onnxruntime_backend import OnnxRuntimeBackend, choose_providers
-from ros2_bilevel_fusion.core.bundle import BundleError, PreprocessSpec, load_bundle, save_bundle
+from ros2_bilevel_fusion.core.bundle import (
+    BundleError,
+    FusedStretchSpec,
+    PreprocessSpec,
+    load_bundle,
+    parse_fused_stretch,
+    save_bundle,
+)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -118,11 +125,14 @@ def test_bundle_sections_round_trip_and_bad_values_are_refused(bundle_copy: Path
             "thermal_high_percentile": 99.5,
         }
         data["detection"]["score_threshold"] = 0.42
+        data["fused_stretch"] = {"low_percentile": 0.5, "high_percentile": 99.5}
 
+    assert load_bundle(bundle_copy).fused_stretch is None  # absent: published as it is
     _edit_yaml(bundle_copy, edit)
     bundle = load_bundle(bundle_copy)
     assert bundle.preprocessing == PreprocessSpec("constant", 0.5, 99.5)
     assert bundle.detection.score_threshold == 0.42
+    assert bundle.fused_stretch == FusedStretchSpec(0.5, 99.5, max_gain=4.0)
     save_bundle(bundle)
     assert load_bundle(bundle_copy) == bundle
     for section, key, value, message in [
@@ -131,6 +141,9 @@ def test_bundle_sections_round_trip_and_bad_values_are_refused(bundle_copy: Path
         ("preprocessing", "colour_space", "rgb", "unknown keys"),
         ("detection", "score_threshold", 1.5, "score_threshold"),
         ("detection", "max_detections", 0, "max_detections"),
+        ("fused_stretch", "high_percentile", 0.2, "percentile"),
+        ("fused_stretch", "max_gain", 0.5, "max_gain"),
+        ("fused_stretch", "gamma", 2.0, "unknown keys"),
     ]:
         _edit_yaml(bundle_copy, lambda d, s=section, k=key, v=value: d[s].update({k: v}))
         with pytest.raises(BundleError, match=message):
@@ -306,3 +319,12 @@ def test_node_and_onnxruntime_path_import_neither_torch_nor_tensorrt(fixture_bun
         [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_fused_stretch_command_line_spelling() -> None:
+    assert parse_fused_stretch(" OFF ") is None
+    assert parse_fused_stretch("0:100") == FusedStretchSpec(0.0, 100.0)
+    assert parse_fused_stretch("1:99") == FusedStretchSpec(1.0, 99.0)
+    for bad in ("0", "0:50:100", "99:1", "a:b", "bundle"):
+        with pytest.raises(ValueError):
+            parse_fused_stretch(bad)

@@ -708,3 +708,26 @@ def test_folder_mode_max_input_pixels_shrinks_the_network_input_not_the_outputs(
                           "--vi", str(vi_dir), "--out", str(tmp_path / "bad"),
                           "--max-input-pixels", "-1"])
     assert code != 0
+
+
+def test_folder_mode_fused_stretch_off_bundle_and_percentiles(fixture_bundle, tno_subset, tmp_path):
+    """--fused-stretch: the fixture bundle has none (bundle == off); min-max raises SD on real
+    TNO pairs and is recorded in the report; a bad spelling is a message."""
+    ir_dir, vi_dir = tno_subset
+    stds, used = {}, {}
+    for choice in ("bundle", "off", "0:100"):
+        out = tmp_path / choice.replace(":", "-")
+        code = evaluate.main(["folder", "--bundle", str(fixture_bundle), "--ir", str(ir_dir),
+                              "--vi", str(vi_dir), "--limit", "2", "--fused-stretch", choice,
+                              "--out", str(out)])
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        model = next(k for k in summary["means"] if "(model)" in k)
+        stds[choice] = summary["means"][model]["SD"]
+        used[choice] = summary["postprocess"]["fused_stretch"]
+    assert used == {"bundle": "off", "off": "off", "0:100": "0:100 (max gain 4)"}
+    assert stds["bundle"] == stds["off"] < stds["0:100"]
+    code = evaluate.main(["folder", "--bundle", str(fixture_bundle), "--ir", str(ir_dir),
+                          "--vi", str(vi_dir), "--limit", "1", "--fused-stretch", "99:1",
+                          "--out", str(tmp_path / "bad")])
+    assert code == 2

@@ -114,6 +114,7 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path: Path, capsys: pytest.Capture
     assert bundle.name == "from_ckpt"
     assert bundle.detection is not None and bundle.detection.score_threshold == 0.45
     assert bundle.detection.nms_iou == 0.5 and bundle.detection.max_detections == 100
+    assert bundle.fused_stretch is None  # not asked for: the network's output as it is
     # one provenance schema: finite metrics only, under "metrics"
     assert bundle.provenance["step"] == 0 and bundle.provenance["metrics"] == {"score": 0.5}
     assert set(bundle.provenance) == {
@@ -140,6 +141,18 @@ def test_export_defaults_are_the_bundle_contracts(tmp_path: Path) -> None:
     assert (written.score_threshold, written.nms_iou, written.max_detections) == (
         contract.score_threshold, contract.nms_iou, contract.max_detections
     )
+
+
+def test_export_writes_the_fused_stretch_it_is_given(tmp_path: Path) -> None:
+    from ros2_bilevel_fusion.core.bundle import FusedStretchSpec
+
+    trainer_checkpoint(tmp_path / "ckpt.pt")
+    assert export.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "b"),
+                        "--fused-stretch", "0.5:99.5"]) == 0
+    assert load_bundle(tmp_path / "b").fused_stretch == FusedStretchSpec(0.5, 99.5)
+    with pytest.raises(SystemExit):  # argparse's message, not a traceback
+        export.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "c"),
+                     "--fused-stretch", "min-max"])
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -203,7 +216,7 @@ def test_last_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
     config the shipped bundle names, configs/perception_semantic.yaml) on a trainer checkpoint
     of the shipped weights writes models/default again: the same model.yaml apart from when and
     from which commit, and the same ONNX outputs (to float rounding)."""
-    from ros2_bilevel_fusion.core.bundle import bundle_to_dict
+    from ros2_bilevel_fusion.core.bundle import bundle_to_dict, parse_fused_stretch
     from training.config import load_config
 
     shipped_dir = repo_root / "models" / "default"
@@ -237,6 +250,7 @@ def test_last_stage_export_of_the_shipped_weights_is_the_shipped_bundle(
         run_dir / "last.pt", out, name=config.export.name,
         score_threshold=config.export.score_threshold, nms_iou=config.export.nms_iou,
         max_detections=config.export.max_detections,
+        fused_stretch=parse_fused_stretch(config.export.fused_stretch),
     )
     rebuilt = load_bundle(out)
     mine, theirs = bundle_to_dict(rebuilt), bundle_to_dict(shipped)

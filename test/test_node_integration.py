@@ -275,3 +275,42 @@ def test_sim_time_without_clock_still_serves_and_reports(
         status = harness.node_status()
         assert status["latency_ms"].startswith("n/a") and "latency_ms_p50" not in status
         assert status["qos"].startswith("auto")
+
+
+def test_fused_stretch_from_the_bundle_and_its_parameter(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    """A bundle with ``fused_stretch: 0:100`` publishes a dim pair's fused image over the full
+    8-bit range; ``fused_stretch:=false`` (live) publishes the network's narrower output."""
+    import shutil
+
+    import yaml
+    from rclpy.parameter import Parameter
+
+    bundle = tmp_path / "stretched"
+    shutil.copytree(fixture_bundle, bundle)
+    data = yaml.safe_load((bundle / "model.yaml").read_text())
+    data["fused_stretch"] = {"low_percentile": 0.0, "high_percentile": 100.0}
+    (bundle / "model.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    # Synthetic dim pair: every grey level of both cameras within [40, 160] (a range wide
+    # enough for the stretch: narrower than 255 / max_gain levels is kept as it is).
+    ir = (40 + synthetic_ir(0) * (120 / 250)).astype(np.uint8)
+    visible = (40 + synthetic_visible(0) * (120 / 255)).astype(np.uint8)
+    log_path = tmp_path / "fusion_node.log"
+    with node_session(
+        "/it_stretch", *fixture_params(bundle, "qos:=reliable", "colour_output:=false"),
+        log_path=log_path,
+    ) as (harness, _):
+        harness.wait_for_node_ready()
+        harness.parameter_client()
+        spans = {}
+        for index, stretch in enumerate((True, False)):
+            accepted = harness.set_parameters(Parameter("fused_stretch", value=stretch))
+            assert accepted[0].successful
+            before = harness.fused_count()
+            harness.publish_pair(*make_pair(index, BASE_NS, ir=ir, visible=visible))
+            harness.wait_for(lambda b=before: harness.fused_count() > b, 20.0, "a fused image")
+            fused = msg_to_array(harness.received.get("fused")[-1])
+            spans[stretch] = (int(fused.min()), int(fused.max()))
+    assert spans[True] == (0, 255), read_log(log_path)
+    assert 64 < spans[False][1] - spans[False][0] < 200, spans

@@ -12,6 +12,7 @@ import pytest
 from ros2_bilevel_fusion.core.bundle import (
     DetectionLevel,
     DetectionSpec,
+    FusedStretchSpec,
     InputSpec,
     ModelBundle,
     SegmentationSpec,
@@ -473,3 +474,60 @@ def test_registration_follows_the_shrunk_geometry() -> None:
 
     np.testing.assert_allclose(centre(full.fused_y), [49.5, 71.5])
     np.testing.assert_allclose(centre(half.fused_y), centre(full.fused_y), atol=1.0)
+
+
+# ------------------------------------------------------------- the fused image's stretch
+
+
+def dim_pair(hw=(48, 64), low=60, high=140, seed=3) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic dim pair: IR and visible grey levels in [low, high], so the fake network's
+    fused image (their max) uses about a third of the 8-bit range."""
+    rng = np.random.default_rng(seed)
+    ir = rng.integers(low, high + 1, hw, dtype=np.uint8)
+    grey = rng.integers(low, high + 1, hw, dtype=np.uint8)
+    return ir, cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+
+
+def test_fused_stretch_from_the_bundle_uses_the_full_range_and_keeps_the_order() -> None:
+    bundle = dataclasses.replace(fake_bundle(), fused_stretch=FusedStretchSpec(0.0, 100.0))
+    assert PostprocessConfig.from_bundle(bundle).fused_stretch == FusedStretchSpec(0.0, 100.0)
+    ir, visible = dim_pair()
+    plain = FusionPipeline(FakeBackend(fake_bundle())).process(ir, visible).fused_y
+    stretched = FusionPipeline(FakeBackend(bundle)).process(ir, visible).fused_y
+    assert 60 <= plain.min() and plain.max() <= 141  # the dim input's range, unstretched
+    assert stretched.min() == 0 and stretched.max() == 255
+    # a linear map of the same image: the pixels' order is kept, and so is their correlation
+    order = np.argsort(plain.ravel(), kind="stable")
+    assert np.all(np.diff(stretched.ravel()[order].astype(int)) >= 0)
+    assert np.corrcoef(plain.ravel(), stretched.ravel())[0, 1] > 0.999
+
+
+def test_fused_stretch_keeps_a_flat_frame_and_can_be_switched_off() -> None:
+    spec = FusedStretchSpec(0.0, 100.0, max_gain=4.0)
+    bundle = dataclasses.replace(fake_bundle(), fused_stretch=spec)
+    pipeline = FusionPipeline(FakeBackend(bundle))
+    ir, visible = dim_pair(low=100, high=150)  # 50 grey levels < 255 / 4: would be noise x5
+    np.testing.assert_array_equal(
+        pipeline.process(ir, visible).fused_y,
+        FusionPipeline(FakeBackend(fake_bundle())).process(ir, visible).fused_y,
+    )
+    ir, visible = dim_pair()
+    pipeline.config = dataclasses.replace(pipeline.config, fused_stretch=None)
+    assert pipeline.process(ir, visible).fused_y.max() <= 141
+
+
+def test_fused_stretch_smoothing_carries_limits_across_frames() -> None:
+    bundle = dataclasses.replace(fake_bundle(), fused_stretch=FusedStretchSpec(0.0, 100.0))
+    pipeline = FusionPipeline(FakeBackend(bundle))
+    pipeline.config = dataclasses.replace(pipeline.config, fused_stretch_smoothing=0.5)
+    pipeline.process(*dim_pair(low=0, high=100))
+    second = pipeline.process(*dim_pair(low=100, high=200, seed=4)).fused_y
+    # Limits half-way between the two frames' (about 50 and 150): the brighter frame (the max
+    # of two uniform draws on [100, 200]) starts near mid-grey and saturates above 150, which
+    # is 1 - 0.5^2 = 3/4 of its pixels.
+    assert second.min() > 100
+    assert 0.65 < np.mean(second == 255) < 0.85
+    # a new smoothing value starts afresh: the next frame is stretched on its own limits
+    pipeline.config = dataclasses.replace(pipeline.config, fused_stretch_smoothing=0.0)
+    third = pipeline.process(*dim_pair(low=100, high=200, seed=4)).fused_y
+    assert third.min() == 0 and np.mean(third == 255) < 0.05

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ros2_bilevel_fusion.core.bundle import DetectionSpec
+from ros2_bilevel_fusion.core.bundle import DetectionSpec, parse_fused_stretch
 from training.losses import STRETCHES, TARGETS, FusionLossWeights
 from training.models import DETECTOR_ARCHS, SEGMENTER_ARCHS
 
@@ -180,6 +180,8 @@ class ExportConfig:
     score_threshold: float = _DETECTION_DEFAULTS["score_threshold"]
     nms_iou: float = _DETECTION_DEFAULTS["nms_iou"]
     max_detections: int = _DETECTION_DEFAULTS["max_detections"]
+    # model.yaml's fused_stretch: "off" or "LOW:HIGH" percentiles (core.bundle.parse_fused_stretch)
+    fused_stretch: str = "off"
 
 
 @dataclass
@@ -282,6 +284,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 def validate(config: TrainConfig) -> TrainConfig:
     if config.mode not in MODES:
         raise ValueError(f"mode {config.mode!r} not in {MODES}")
+    try:
+        parse_fused_stretch(config.export.fused_stretch)
+    except ValueError as exc:
+        raise ValueError(f"export.fused_stretch: {exc}") from exc
     if config.device not in DEVICES:
         raise ValueError(f"device {config.device!r} not in {DEVICES}")
     if int(config.steps) < 0 or int(config.batch_size) < 1:

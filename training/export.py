@@ -23,6 +23,7 @@ ExportModel's, see :func:`model_from_torchscript`), ``model.yaml`` (naming model
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import subprocess
@@ -40,11 +41,13 @@ from ros2_bilevel_fusion.core.bundle import (
     DEFAULT_SCORE_THRESHOLD,
     DetectionLevel,
     DetectionSpec,
+    FusedStretchSpec,
     InputSpec,
     ModelBundle,
     SegmentationSpec,
     YoloxLevel,
     load_bundle,
+    parse_fused_stretch,
     save_bundle,
 )
 from training.models import (
@@ -295,8 +298,12 @@ def export_bundle(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_iou: float = DEFAULT_NMS_IOU,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
+    fused_stretch: FusedStretchSpec | None = None,
 ) -> Path:
     """Write model.onnx, model.pt (TorchScript) and model.yaml into out_dir.
+
+    ``fused_stretch``: the runtime's per-frame contrast stretch of the fused image, written to
+    model.yaml (None: the network's output is published as it is).
 
     provenance gets "architecture" (from the model), "git_commit", "exported_at" and "opset"
     added when absent; pass the training config, data and metrics in it.
@@ -320,6 +327,7 @@ def export_bundle(
         model, onnx_path, name=name, provenance=full_provenance, torchscript_path=torchscript_path,
         score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections,
     )
+    bundle = dataclasses.replace(bundle, fused_stretch=fused_stretch)
     save_bundle(bundle, out_dir)
     load_bundle(out_dir)  # fail here, not in the node, if the written bundle is invalid
     return out_dir
@@ -363,6 +371,7 @@ def export_checkpoint(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_iou: float = DEFAULT_NMS_IOU,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
+    fused_stretch: FusedStretchSpec | None = None,
     opset: int = 17,
     dynamic_batch: bool = False,
     parity_sizes: list[tuple[int, int]] | tuple[tuple[int, int], ...] | None = None,
@@ -376,7 +385,7 @@ def export_checkpoint(
         model, out_dir, name=name or out_dir.name,
         provenance=checkpoint_provenance(checkpoint, Path(checkpoint_path)),
         opset=opset, dynamic_batch=dynamic_batch, score_threshold=score_threshold,
-        nms_iou=nms_iou, max_detections=max_detections,
+        nms_iou=nms_iou, max_detections=max_detections, fused_stretch=fused_stretch,
     )
     report = None
     if parity_sizes:
@@ -479,12 +488,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--nms-iou", type=float, default=DEFAULT_NMS_IOU)
     parser.add_argument("--max-detections", type=int, default=DEFAULT_MAX_DETECTIONS)
+    parser.add_argument(
+        "--fused-stretch", type=parse_fused_stretch, default=None, metavar="off|LOW:HIGH",
+        help="the fused image's per-frame contrast stretch written to model.yaml (0:100 = "
+        "min-max; default off: the network's output as it is)",
+    )
     args = parser.parse_args(argv)
 
     out_dir = Path(args.out)
     _, report = export_checkpoint(
         Path(args.checkpoint), out_dir, name=args.name, score_threshold=args.score_threshold,
-        nms_iou=args.nms_iou, max_detections=args.max_detections, opset=args.opset,
+        nms_iou=args.nms_iou, max_detections=args.max_detections,
+        fused_stretch=args.fused_stretch, opset=args.opset,
         dynamic_batch=args.dynamic,
         parity_sizes=DEFAULT_PARITY_SIZES if args.check_parity else None,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from ros2_bilevel_fusion.core.bundle import parse_fused_stretch
 from training.config import REPO_ROOT, TrainConfig, load_config
 from training.distributed import init_distributed, shutdown
 from training.engine import Trainer
@@ -36,6 +37,7 @@ def export_run(config: TrainConfig, run_dir: Path, out: str) -> int:
         checkpoint, out_dir, name=settings.name or config.name,
         score_threshold=settings.score_threshold, nms_iou=settings.nms_iou,
         max_detections=settings.max_detections,
+        fused_stretch=parse_fused_stretch(settings.fused_stretch),
         parity_sizes=[tuple(s) for s in settings.parity_sizes],
     )
     print(f"[export] {out_dir} from {checkpoint}", flush=True)

@@ -32,6 +32,10 @@ stride s, of grid size ``[H/s, W/s]``; the cell (i, j) is row i, column j:
   ((dx + j) s, (dy + i) s), size (exp(log w) s, exp(log h) s); score_c = sigmoid(obj) *
   sigmoid(cls_c). ``box_encoding: xy_offset_log_wh_stride``.
 
+Fused stretch (optional): ``fused_stretch`` ``{low_percentile, high_percentile, max_gain}``
+stretches the published fused luma per frame (:class:`FusedStretchSpec`); absent, the network's
+``fused_y`` is published as it is.
+
 Precisions (optional): ``precisions`` maps a precision name to another ONNX file of the same
 graph with the same inputs and outputs (``int8``: statically quantised, QDQ, written by
 ``python -m training.quantize``); ``onnx`` is always the ``fp32`` graph. ``default_precision``
@@ -221,6 +225,33 @@ class PreprocessSpec:
 
 
 @dataclass(frozen=True)
+class FusedStretchSpec:
+    """A per-frame contrast stretch of the fused luma (model.yaml ``fused_stretch``, optional;
+    absent: the network's output is published as it is).
+
+    The fused image is mapped linearly from its ``low_percentile`` and ``high_percentile``
+    (0 / 100: its minimum and maximum, the normalisation CDDFuse's test script applies to
+    every fused image) to the full 8-bit range. A frame whose limits are closer than
+    255 / ``max_gain`` grey levels (a flat scene, where the stretch would amplify noise) is
+    kept as it is. Only the published fused image changes: detection and segmentation run
+    inside the graph on the network's output.
+    """
+
+    low_percentile: float = 0.0
+    high_percentile: float = 100.0
+    max_gain: float = 4.0
+
+    def __post_init__(self) -> None:
+        low, high = self.low_percentile, self.high_percentile
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(
+                f"need 0 <= low_percentile < high_percentile <= 100, got {low}, {high}"
+            )
+        if not self.max_gain >= 1.0:
+            raise ValueError(f"max_gain must be >= 1, got {self.max_gain}")
+
+
+@dataclass(frozen=True)
 class SegmentationSpec:
     classes: tuple[str, ...]
     # One RGB triple per class; index 0 is usually background.
@@ -237,6 +268,7 @@ class ModelBundle:
     detection: DetectionSpec | None = None
     segmentation: SegmentationSpec | None = None
     preprocessing: PreprocessSpec = field(default_factory=PreprocessSpec)
+    fused_stretch: FusedStretchSpec | None = None
     # TorchScript file of the same graph for the torch backend (model.yaml ``torchscript``);
     # None when the bundle ships ONNX only.
     torchscript_path: Path | None = None
@@ -380,12 +412,36 @@ def load_bundle(path: str | Path) -> ModelBundle:
         preprocessing=_build(
             PreprocessSpec, data.get("preprocessing") or {}, f"{yaml_path}: preprocessing"
         ),
+        fused_stretch=_load_fused_stretch(data.get("fused_stretch"), yaml_path),
         torchscript_path=torchscript_path,
         provenance=dict(data.get("provenance") or {}),
         format_version=FORMAT_VERSION,
         onnx_variants=variants,
         default_precision=default_precision,
     )
+
+
+def parse_fused_stretch(text: str) -> FusedStretchSpec | None:
+    """``off`` -> None; ``LOW:HIGH`` percentiles (``0:100`` = min-max) -> a FusedStretchSpec
+    with the default ``max_gain``. Raises ValueError for anything else (the command lines'
+    spelling of model.yaml's ``fused_stretch``)."""
+    cleaned = str(text).strip().lower()
+    if cleaned == "off":
+        return None
+    parts = cleaned.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"expected off or LOW:HIGH percentiles, got {text!r}")
+    return FusedStretchSpec(float(parts[0]), float(parts[1]))
+
+
+def _load_fused_stretch(section: Any, yaml_path: Path) -> FusedStretchSpec | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise BundleError(
+            f"{yaml_path}: fused_stretch must be a mapping, got {type(section).__name__}"
+        )
+    return _build(FusedStretchSpec, section, f"{yaml_path}: fused_stretch")
 
 
 def select_precision(bundle: ModelBundle, precision: str) -> ModelBundle:
@@ -471,6 +527,7 @@ def bundle_to_dict(bundle: ModelBundle) -> dict[str, Any]:
         "detection": _detection_dict(bundle.detection) if bundle.detection else None,
         "segmentation": _plain(bundle.segmentation) if bundle.segmentation else None,
         "preprocessing": _plain(bundle.preprocessing),
+        **({"fused_stretch": _plain(bundle.fused_stretch)} if bundle.fused_stretch else {}),
         "provenance": _plain(bundle.provenance),
     }
 

@@ -18,8 +18,10 @@ from ros2_bilevel_fusion.core.bundle import (
     DEFAULT_MAX_DETECTIONS,
     DEFAULT_NMS_IOU,
     DEFAULT_SCORE_THRESHOLD,
+    FusedStretchSpec,
     ModelBundle,
 )
+from ros2_bilevel_fusion.core.gain import AutoGain, GainControl
 from ros2_bilevel_fusion.core.processing import (
     Detections,
     blend,
@@ -45,18 +47,35 @@ class PostprocessConfig:
     max_detections: int
     overlay_alpha: float = 0.45
     colour_output: bool = True
+    # The published fused image's per-frame stretch (model.yaml ``fused_stretch``; None: off)
+    # and the smoothing of its limits across frames (0: each frame on its own, as evaluated).
+    fused_stretch: FusedStretchSpec | None = None
+    fused_stretch_smoothing: float = 0.0
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle) -> PostprocessConfig:
         """Values from model.yaml (the contract's defaults when the bundle has no detector)."""
         detection = bundle.detection
         if detection is None:
-            return cls(DEFAULT_SCORE_THRESHOLD, DEFAULT_NMS_IOU, DEFAULT_MAX_DETECTIONS)
+            return cls(
+                DEFAULT_SCORE_THRESHOLD, DEFAULT_NMS_IOU, DEFAULT_MAX_DETECTIONS,
+                fused_stretch=bundle.fused_stretch,
+            )
         return cls(
             score_threshold=float(detection.score_threshold),
             nms_iou=float(detection.nms_iou),
             max_detections=int(detection.max_detections),
+            fused_stretch=bundle.fused_stretch,
         )
+
+
+def stretch_fused(fused_y: np.ndarray, gain: AutoGain, max_gain: float) -> np.ndarray:
+    """The fused uint8 luma stretched between ``gain``'s limits of this frame, or unchanged
+    where they are closer than 255 / ``max_gain`` levels (or the frame has none)."""
+    limits = gain.measure(fused_y)
+    if limits is None or limits[1] - limits[0] < 255.0 / max_gain:
+        return fused_y
+    return gain.apply(fused_y, *limits)
 
 
 @dataclass
@@ -97,6 +116,19 @@ class FusionPipeline:
         )
         self.max_input_pixels = int(max_input_pixels)
         self._scaled_registration: tuple[tuple[object, tuple, tuple], Registration] | None = None
+        # The fused stretch's gain keeps its limits across frames (smoothing); it is rebuilt
+        # when the configuration's stretch or smoothing changes.
+        self._fused_gain: tuple[tuple[FusedStretchSpec, float], AutoGain] | None = None
+
+    def _fused_gain_for(self, config: PostprocessConfig) -> AutoGain | None:
+        spec = config.fused_stretch
+        if spec is None:
+            return None
+        key = (spec, float(config.fused_stretch_smoothing))
+        if self._fused_gain is None or self._fused_gain[0] != key:
+            control = GainControl(spec.low_percentile, spec.high_percentile, smoothing=key[1])
+            self._fused_gain = (key, AutoGain(control))
+        return self._fused_gain[1]
 
     def _registration_for(
         self, image_hw: tuple[int, int], work_hw: tuple[int, int]
@@ -163,6 +195,9 @@ class FusionPipeline:
         if bundle.fused_name not in outputs:
             raise ValueError(f"backend returned no {bundle.fused_name!r} output")
         fused_y = fused_to_u8(outputs[bundle.fused_name], network_hw)
+        fused_gain = self._fused_gain_for(config)
+        if fused_gain is not None:
+            fused_y = stretch_fused(fused_y, fused_gain, config.fused_stretch.max_gain)
         detections = None
         if bundle.detection is not None:
             detections = decode_detections(

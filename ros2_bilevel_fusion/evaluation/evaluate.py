@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ros2_bilevel_fusion.backends import BACKEND_KINDS
-from ros2_bilevel_fusion.core.bundle import PRECISION_CHOICES
+from ros2_bilevel_fusion.core.bundle import PRECISION_CHOICES, parse_fused_stretch
 from ros2_bilevel_fusion.core.registration import Registration
 from ros2_bilevel_fusion.evaluation import metrics, report
 from ros2_bilevel_fusion.evaluation.folder import (
@@ -69,6 +69,7 @@ def run_folder(args: argparse.Namespace) -> int:
             Path(args.bundle), args.backend, registration, args.precision
         )
         postprocess = override_postprocess(pipeline.config, args)
+        postprocess.update(override_fused_stretch(pipeline.config, args.fused_stretch))
         if args.max_input_pixels is not None:
             if args.max_input_pixels < 0:
                 raise EvaluationError(
@@ -135,6 +136,25 @@ def override_postprocess(config, args: argparse.Namespace) -> dict:
         used[key] = getattr(config, key)
         used[f"{key}_source"] = "command line" if value is not None else "bundle"
     return used
+
+
+def override_fused_stretch(config, text: str) -> dict:
+    """Apply ``--fused-stretch`` (``bundle``: model.yaml's stays; ``off``; ``LOW:HIGH``) to the
+    pipeline's PostprocessConfig; returns the one in use."""
+    from_bundle = text.strip().lower() == "bundle"
+    if not from_bundle:
+        try:
+            config.fused_stretch = parse_fused_stretch(text)
+        except ValueError as exc:
+            raise EvaluationError(f"--fused-stretch: {exc}") from exc
+    stretch = config.fused_stretch
+    return {
+        "fused_stretch": (
+            f"{stretch.low_percentile:g}:{stretch.high_percentile:g} (max gain "
+            f"{stretch.max_gain:g})" if stretch is not None else "off"
+        ),
+        "fused_stretch_source": "bundle" if from_bundle else "command line",
+    }
 
 
 def run_bag(args: argparse.Namespace) -> int:
@@ -223,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default="auto", choices=PRECISION_CHOICES,
         help="which of the bundle's graphs runs, as the node's precision parameter (auto: the "
         "bundle's default_precision)",
+    )
+    folder.add_argument(
+        "--fused-stretch", default="bundle",
+        help="the fused image's per-frame contrast stretch: bundle (model.yaml fused_stretch, "
+        "the node's default), off (the network's output as it is), or LOW:HIGH percentiles "
+        "(0:100 = min-max)",
     )
     folder.set_defaults(run=run_folder)
 

@@ -293,7 +293,10 @@ class FusionNode(Node):
         changes: dict[str, Any] = {
             "overlay_alpha": p.overlay_alpha,
             "colour_output": p.colour_output,
+            "fused_stretch_smoothing": p.fused_stretch_smoothing,
         }
+        if not p.fused_stretch:
+            changes["fused_stretch"] = None
         if p.score_threshold >= 0.0:
             changes["score_threshold"] = p.score_threshold
         if p.nms_iou >= 0.0:

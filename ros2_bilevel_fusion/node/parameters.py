@@ -153,6 +153,19 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "overlay_alpha", 0.5, "Segmentation overlay opacity in debug/colour images", 0.0, 1.0
     ),
     ParameterSpec("colour_output", True, "~/fused as bgr8 with visible chroma (true) or mono8"),
+    ParameterSpec(
+        "fused_stretch",
+        True,
+        "Apply the bundle's per-frame contrast stretch of the fused image (model.yaml "
+        "fused_stretch; no effect without one); false = the network's output as it is",
+    ),
+    ParameterSpec(
+        "fused_stretch_smoothing",
+        0.0,
+        "Fused stretch limit smoothing across frames (0 = each frame alone, as evaluated)",
+        0.0,
+        0.99,
+    ),
     ParameterSpec("publish_detections", True, "Publish ~/detections and ~/detections/json"),
     ParameterSpec("publish_segmentation", True, "Publish ~/segmentation and ~/segmentation/color"),
     ParameterSpec("publish_debug", True, "Publish ~/debug_image (only while subscribed)"),
@@ -214,6 +227,8 @@ class FusionParameters:
     max_detections: int
     overlay_alpha: float
     colour_output: bool
+    fused_stretch: bool
+    fused_stretch_smoothing: float
     publish_detections: bool
     publish_segmentation: bool
     publish_debug: bool
