@@ -120,11 +120,8 @@ class FusionPipeline:
         # when the configuration's stretch or smoothing changes.
         self._fused_gain: tuple[tuple[FusedStretchSpec, float], AutoGain] | None = None
 
-    def _fused_gain_for(self, config: PostprocessConfig) -> AutoGain | None:
-        spec = config.fused_stretch
-        if spec is None:
-            return None
-        key = (spec, float(config.fused_stretch_smoothing))
+    def _fused_gain_for(self, spec: FusedStretchSpec, smoothing: float) -> AutoGain:
+        key = (spec, float(smoothing))
         if self._fused_gain is None or self._fused_gain[0] != key:
             control = GainControl(spec.low_percentile, spec.high_percentile, smoothing=key[1])
             self._fused_gain = (key, AutoGain(control))
@@ -195,9 +192,10 @@ class FusionPipeline:
         if bundle.fused_name not in outputs:
             raise ValueError(f"backend returned no {bundle.fused_name!r} output")
         fused_y = fused_to_u8(outputs[bundle.fused_name], network_hw)
-        fused_gain = self._fused_gain_for(config)
-        if fused_gain is not None:
-            fused_y = stretch_fused(fused_y, fused_gain, config.fused_stretch.max_gain)
+        stretch = config.fused_stretch
+        if stretch is not None:
+            gain = self._fused_gain_for(stretch, config.fused_stretch_smoothing)
+            fused_y = stretch_fused(fused_y, gain, stretch.max_gain)
         detections = None
         if bundle.detection is not None:
             detections = decode_detections(
