@@ -325,6 +325,7 @@ def test_fused_stretch_command_line_spelling() -> None:
     assert parse_fused_stretch(" OFF ") is None
     assert parse_fused_stretch("0:100") == FusedStretchSpec(0.0, 100.0)
     assert parse_fused_stretch("1:99") == FusedStretchSpec(1.0, 99.0)
-    for bad in ("0", "0:50:100", "99:1", "a:b", "bundle"):
+    assert parse_fused_stretch("0:100:45") == FusedStretchSpec(0.0, 100.0, min_std=45.0)
+    for bad in ("0", "0:50:100:1", "99:1", "a:b", "bundle", "0:100:200"):
         with pytest.raises(ValueError):
             parse_fused_stretch(bad)

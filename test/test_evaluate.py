@@ -725,7 +725,7 @@ def test_folder_mode_fused_stretch_off_bundle_and_percentiles(fixture_bundle, tn
         model = next(k for k in summary["means"] if "(model)" in k)
         stds[choice] = summary["means"][model]["SD"]
         used[choice] = summary["postprocess"]["fused_stretch"]
-    assert used == {"bundle": "off", "off": "off", "0:100": "0:100 (max gain 4)"}
+    assert used == {"bundle": "off", "off": "off", "0:100": "0:100 (max gain 4, min std 0)"}
     assert stds["bundle"] == stds["off"] < stds["0:100"]
     code = evaluate.main(["folder", "--bundle", str(fixture_bundle), "--ir", str(ir_dir),
                           "--vi", str(vi_dir), "--limit", "1", "--fused-stretch", "99:1",

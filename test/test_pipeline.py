@@ -17,6 +17,7 @@ from ros2_bilevel_fusion.core.bundle import (
     ModelBundle,
     SegmentationSpec,
 )
+from ros2_bilevel_fusion.core.gain import ContrastFloor
 from ros2_bilevel_fusion.core.pipeline import (
     FusionPipeline,
     FusionResult,
@@ -531,3 +532,36 @@ def test_fused_stretch_smoothing_carries_limits_across_frames() -> None:
     pipeline.config = dataclasses.replace(pipeline.config, fused_stretch_smoothing=0.0)
     third = pipeline.process(*dim_pair(low=100, high=200, seed=4)).fused_y
     assert third.min() == 0 and np.mean(third == 255) < 0.05
+
+
+def test_contrast_floor_lifts_a_flat_frame_and_leaves_a_contrasted_one() -> None:
+    """Synthetic frames: a flat one (std ~10 grey levels) that already spans 0..255 through two
+    outlier pixels, so min-max leaves it as it is, and a contrasted one (std ~70)."""
+    rng = np.random.default_rng(5)
+    flat = np.clip(rng.normal(100, 10, (60, 80)), 0, 255).astype(np.uint8)
+    flat[0, 0], flat[0, 1] = 0, 255
+    floor = ContrastFloor(min_std=40.0, max_gain=8.0)
+    lifted = floor(flat)
+    assert 35.0 < float(lifted.std()) <= 41.0 and abs(float(lifted.mean()) - flat.mean()) < 2
+    order = np.argsort(flat.ravel(), kind="stable")
+    assert np.all(np.diff(lifted.ravel()[order].astype(int)) >= 0)  # a monotone map
+    capped = ContrastFloor(min_std=40.0, max_gain=2.0)(flat)
+    assert 18.0 < float(capped.std()) < 22.0  # gain 2, not 4
+    contrasted = rng.integers(0, 256, (60, 80), dtype=np.uint8)
+    assert ContrastFloor(min_std=40.0, max_gain=8.0)(contrasted) is contrasted
+    constant = np.full((4, 4), 7, np.uint8)
+    np.testing.assert_array_equal(floor(constant), constant)
+    with pytest.raises(ValueError):
+        ContrastFloor(min_std=0.0, max_gain=4.0)
+
+
+def test_fused_stretch_with_a_floor_in_the_pipeline() -> None:
+    spec = FusedStretchSpec(0.0, 100.0, min_std=80.0)
+    bundle = dataclasses.replace(fake_bundle(), fused_stretch=spec)
+    ir, visible = dim_pair()
+    plain = FusionPipeline(FakeBackend(fake_bundle())).process(ir, visible).fused_y
+    floored = FusionPipeline(FakeBackend(bundle)).process(ir, visible).fused_y
+    minmax_only = dataclasses.replace(bundle, fused_stretch=FusedStretchSpec(0.0, 100.0))
+    stretched = FusionPipeline(FakeBackend(minmax_only)).process(ir, visible).fused_y
+    # min-max gives std ~62 here; the floor lifts it further (clipping keeps it under 80)
+    assert plain.std() < stretched.std() < 70.0 < floored.std() <= 80.0

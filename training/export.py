@@ -489,9 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nms-iou", type=float, default=DEFAULT_NMS_IOU)
     parser.add_argument("--max-detections", type=int, default=DEFAULT_MAX_DETECTIONS)
     parser.add_argument(
-        "--fused-stretch", type=parse_fused_stretch, default=None, metavar="off|LOW:HIGH",
+        "--fused-stretch", type=parse_fused_stretch, default=None,
+        metavar="off|LOW:HIGH[:MIN_STD]",
         help="the fused image's per-frame contrast stretch written to model.yaml (0:100 = "
-        "min-max; default off: the network's output as it is)",
+        "min-max; a third value: the contrast floor in grey levels; default off: the "
+        "network's output as it is)",
     )
     args = parser.parse_args(argv)
 

@@ -32,9 +32,9 @@ stride s, of grid size ``[H/s, W/s]``; the cell (i, j) is row i, column j:
   ((dx + j) s, (dy + i) s), size (exp(log w) s, exp(log h) s); score_c = sigmoid(obj) *
   sigmoid(cls_c). ``box_encoding: xy_offset_log_wh_stride``.
 
-Fused stretch (optional): ``fused_stretch`` ``{low_percentile, high_percentile, max_gain}``
-stretches the published fused luma per frame (:class:`FusedStretchSpec`); absent, the network's
-``fused_y`` is published as it is.
+Fused stretch (optional): ``fused_stretch`` ``{low_percentile, high_percentile, max_gain,
+min_std}`` stretches the published fused luma per frame (:class:`FusedStretchSpec`); absent,
+the network's ``fused_y`` is published as it is.
 
 Precisions (optional): ``precisions`` maps a precision name to another ONNX file of the same
 graph with the same inputs and outputs (``int8``: statically quantised, QDQ, written by
@@ -233,13 +233,17 @@ class FusedStretchSpec:
     (0 / 100: its minimum and maximum, the normalisation CDDFuse's test script applies to
     every fused image) to the full 8-bit range. A frame whose limits are closer than
     255 / ``max_gain`` grey levels (a flat scene, where the stretch would amplify noise) is
-    kept as it is. Only the published fused image changes: detection and segmentation run
-    inside the graph on the network's output.
+    kept as it is. ``min_std`` (0: off) then raises a frame whose standard deviation is below
+    that many grey levels to it, scaling its deviations about its mean (the gain capped by
+    ``max_gain``): a contrast floor for flat scenes that already span the range with a few
+    pixels. Only the published fused image changes: detection and segmentation run inside the
+    graph on the network's output.
     """
 
     low_percentile: float = 0.0
     high_percentile: float = 100.0
     max_gain: float = 4.0
+    min_std: float = 0.0
 
     def __post_init__(self) -> None:
         low, high = self.low_percentile, self.high_percentile
@@ -249,6 +253,8 @@ class FusedStretchSpec:
             )
         if not self.max_gain >= 1.0:
             raise ValueError(f"max_gain must be >= 1, got {self.max_gain}")
+        if not 0.0 <= self.min_std <= 127.5:
+            raise ValueError(f"min_std must be in [0, 127.5] grey levels, got {self.min_std}")
 
 
 @dataclass(frozen=True)
@@ -422,16 +428,18 @@ def load_bundle(path: str | Path) -> ModelBundle:
 
 
 def parse_fused_stretch(text: str) -> FusedStretchSpec | None:
-    """``off`` -> None; ``LOW:HIGH`` percentiles (``0:100`` = min-max) -> a FusedStretchSpec
-    with the default ``max_gain``. Raises ValueError for anything else (the command lines'
-    spelling of model.yaml's ``fused_stretch``)."""
+    """``off`` -> None; ``LOW:HIGH`` percentiles (``0:100`` = min-max), optionally
+    ``LOW:HIGH:MIN_STD`` (the contrast floor, grey levels) -> a FusedStretchSpec with the
+    default ``max_gain``. Raises ValueError for anything else (the command lines' spelling of
+    model.yaml's ``fused_stretch``)."""
     cleaned = str(text).strip().lower()
     if cleaned == "off":
         return None
     parts = cleaned.split(":")
-    if len(parts) != 2:
-        raise ValueError(f"expected off or LOW:HIGH percentiles, got {text!r}")
-    return FusedStretchSpec(float(parts[0]), float(parts[1]))
+    if len(parts) not in (2, 3):
+        raise ValueError(f"expected off, LOW:HIGH or LOW:HIGH:MIN_STD, got {text!r}")
+    values = [float(part) for part in parts]
+    return FusedStretchSpec(values[0], values[1], min_std=values[2] if len(values) == 3 else 0.0)
 
 
 def _load_fused_stretch(section: Any, yaml_path: Path) -> FusedStretchSpec | None:

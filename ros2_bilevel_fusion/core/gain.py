@@ -119,3 +119,35 @@ class AutoGain:
         if limits is None:
             return np.zeros(self._checked(image)[0].shape, np.uint8)
         return self.apply(image, *limits)
+
+
+class ContrastFloor:
+    """Raise a uint8 image's contrast to a floor: its deviations about its mean are scaled so
+    that its standard deviation is at least ``min_std`` grey levels (the gain capped at
+    ``max_gain``; clipping to 0..255 leaves the result a little under the floor). An image at
+    or above the floor, or constant, is returned as it is. ``smoothing`` (0 = off) smooths the
+    gain across frames, as :class:`GainControl`'s does the limits."""
+
+    def __init__(self, min_std: float, max_gain: float, smoothing: float = 0.0) -> None:
+        if not min_std > 0.0 or not max_gain >= 1.0 or not 0.0 <= smoothing < 1.0:
+            raise ValueError(
+                f"need min_std > 0, max_gain >= 1 and 0 <= smoothing < 1, got {min_std}, "
+                f"{max_gain}, {smoothing}"
+            )
+        self.min_std, self.max_gain, self.smoothing = float(min_std), float(max_gain), smoothing
+        self.gain: float | None = None
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if image.dtype != np.uint8 or image.ndim != 2 or image.size == 0:
+            raise ValueError(f"contrast floor needs a non-empty uint8 HxW image, got {image.shape}")
+        mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(image))
+        gain = min(self.min_std / std, self.max_gain) if std > 0.0 else 1.0
+        gain = max(gain, 1.0)
+        if self.gain is not None and self.smoothing > 0.0:
+            gain = self.smoothing * self.gain + (1.0 - self.smoothing) * gain
+        self.gain = gain
+        if gain == 1.0:
+            return image
+        levels = np.arange(256, dtype=np.float32)
+        lut = np.clip(np.rint(mean + gain * (levels - mean)), 0, 255).astype(np.uint8)
+        return np.take(lut, image)

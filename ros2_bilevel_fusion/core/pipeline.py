@@ -21,7 +21,7 @@ from ros2_bilevel_fusion.core.bundle import (
     FusedStretchSpec,
     ModelBundle,
 )
-from ros2_bilevel_fusion.core.gain import AutoGain, GainControl
+from ros2_bilevel_fusion.core.gain import AutoGain, ContrastFloor, GainControl
 from ros2_bilevel_fusion.core.processing import (
     Detections,
     blend,
@@ -69,13 +69,16 @@ class PostprocessConfig:
         )
 
 
-def stretch_fused(fused_y: np.ndarray, gain: AutoGain, max_gain: float) -> np.ndarray:
-    """The fused uint8 luma stretched between ``gain``'s limits of this frame, or unchanged
-    where they are closer than 255 / ``max_gain`` levels (or the frame has none)."""
+def stretch_fused(
+    fused_y: np.ndarray, gain: AutoGain, max_gain: float, floor: ContrastFloor | None = None
+) -> np.ndarray:
+    """The fused uint8 luma stretched between ``gain``'s limits of this frame (unchanged where
+    they are closer than 255 / ``max_gain`` levels, or the frame has none), then raised to the
+    contrast ``floor`` if one is given."""
     limits = gain.measure(fused_y)
-    if limits is None or limits[1] - limits[0] < 255.0 / max_gain:
-        return fused_y
-    return gain.apply(fused_y, *limits)
+    if limits is not None and limits[1] - limits[0] >= 255.0 / max_gain:
+        fused_y = gain.apply(fused_y, *limits)
+    return floor(fused_y) if floor is not None else fused_y
 
 
 @dataclass
@@ -118,14 +121,22 @@ class FusionPipeline:
         self._scaled_registration: tuple[tuple[object, tuple, tuple], Registration] | None = None
         # The fused stretch's gain keeps its limits across frames (smoothing); it is rebuilt
         # when the configuration's stretch or smoothing changes.
-        self._fused_gain: tuple[tuple[FusedStretchSpec, float], AutoGain] | None = None
+        self._fused_gain: (
+            tuple[tuple[FusedStretchSpec, float], AutoGain, ContrastFloor | None] | None
+        ) = None
 
-    def _fused_gain_for(self, spec: FusedStretchSpec, smoothing: float) -> AutoGain:
+    def _fused_gain_for(
+        self, spec: FusedStretchSpec, smoothing: float
+    ) -> tuple[AutoGain, ContrastFloor | None]:
         key = (spec, float(smoothing))
         if self._fused_gain is None or self._fused_gain[0] != key:
             control = GainControl(spec.low_percentile, spec.high_percentile, smoothing=key[1])
-            self._fused_gain = (key, AutoGain(control))
-        return self._fused_gain[1]
+            floor = (
+                ContrastFloor(spec.min_std, spec.max_gain, smoothing=key[1])
+                if spec.min_std > 0.0 else None
+            )
+            self._fused_gain = (key, AutoGain(control), floor)
+        return self._fused_gain[1], self._fused_gain[2]
 
     def _registration_for(
         self, image_hw: tuple[int, int], work_hw: tuple[int, int]
@@ -194,8 +205,8 @@ class FusionPipeline:
         fused_y = fused_to_u8(outputs[bundle.fused_name], network_hw)
         stretch = config.fused_stretch
         if stretch is not None:
-            gain = self._fused_gain_for(stretch, config.fused_stretch_smoothing)
-            fused_y = stretch_fused(fused_y, gain, stretch.max_gain)
+            gain, floor = self._fused_gain_for(stretch, config.fused_stretch_smoothing)
+            fused_y = stretch_fused(fused_y, gain, stretch.max_gain, floor)
         detections = None
         if bundle.detection is not None:
             detections = decode_detections(

@@ -151,7 +151,8 @@ def override_fused_stretch(config, text: str) -> dict:
     return {
         "fused_stretch": (
             f"{stretch.low_percentile:g}:{stretch.high_percentile:g} (max gain "
-            f"{stretch.max_gain:g})" if stretch is not None else "off"
+            f"{stretch.max_gain:g}, min std {stretch.min_std:g})" if stretch is not None
+            else "off"
         ),
         "fused_stretch_source": "bundle" if from_bundle else "command line",
     }
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fused-stretch", default="bundle",
         help="the fused image's per-frame contrast stretch: bundle (model.yaml fused_stretch, "
         "the node's default), off (the network's output as it is), or LOW:HIGH percentiles "
-        "(0:100 = min-max)",
+        "(0:100 = min-max), or LOW:HIGH:MIN_STD with a contrast floor in grey levels",
     )
     folder.set_defaults(run=run_folder)
 
