@@ -107,7 +107,7 @@ def prepare_inputs(
 
     ``ir_u8``: uint8 HxW thermal, already in the visible image's geometry (registered) and
     already 8-bit (16-bit/float thermal goes through the percentile stretch of
-    ``bundle.preprocessing`` first, ``messages.codec.AutoGain``). ``visible_bgr``: uint8 HxWx3
+    ``bundle.preprocessing`` first, ``core.gain.AutoGain``). ``visible_bgr``: uint8 HxWx3
     BGR of the same size.
 
     Steps, all from ``bundle``: a graph exported for a fixed size (``inputs.height/width``)
