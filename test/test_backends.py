@@ -326,6 +326,11 @@ def test_fused_stretch_command_line_spelling() -> None:
     assert parse_fused_stretch("0:100") == FusedStretchSpec(0.0, 100.0)
     assert parse_fused_stretch("1:99") == FusedStretchSpec(1.0, 99.0)
     assert parse_fused_stretch("0:100:45") == FusedStretchSpec(0.0, 100.0, min_std=45.0)
+    assert parse_fused_stretch(False) is None  # YAML's reading of an unquoted off
+    with pytest.raises(ValueError, match="quote it"):
+        parse_fused_stretch(119)  # YAML's reading of an unquoted 1:59
+    with pytest.raises(ValueError, match="finite"):
+        FusedStretchSpec(max_gain=float("inf"))
     for bad in ("0", "0:50:100:1", "99:1", "a:b", "bundle", "0:100:200"):
         with pytest.raises(ValueError):
             parse_fused_stretch(bad)

@@ -565,3 +565,36 @@ def test_fused_stretch_with_a_floor_in_the_pipeline() -> None:
     stretched = FusionPipeline(FakeBackend(minmax_only)).process(ir, visible).fused_y
     # min-max gives std ~62 here; the floor lifts it further (clipping keeps it under 80)
     assert plain.std() < stretched.std() < 70.0 < floored.std() <= 80.0
+
+
+def test_fused_stretch_state_is_reset_and_flat_frames_get_no_floor() -> None:
+    """Synthetic frames. (1) With smoothing, a warm-up frame's limits would seed the next
+    frame's; reset_state (called after the node's warm-up) and switching the stretch off both
+    start it afresh. (2) A frame under the max_gain guard is kept whole, floor or not."""
+    spec = FusedStretchSpec(0.0, 100.0)
+    bundle = dataclasses.replace(fake_bundle(), fused_stretch=spec)
+    pipeline = FusionPipeline(FakeBackend(bundle))
+    pipeline.config = dataclasses.replace(pipeline.config, fused_stretch_smoothing=0.9)
+    warm_ir = np.linspace(0, 255, 48 * 64).reshape(48, 64).astype(np.uint8)
+    pipeline.process(warm_ir, cv2.cvtColor(warm_ir, cv2.COLOR_GRAY2BGR))
+    seeded = pipeline.process(*dim_pair()).fused_y
+    assert seeded.min() > 30 and seeded.max() < 200  # still near the ramp's (0, 255)
+    pipeline.reset_state()
+    fresh = pipeline.process(*dim_pair()).fused_y
+    assert (fresh.min(), fresh.max()) == (0, 255)
+    pipeline.process(warm_ir, cv2.cvtColor(warm_ir, cv2.COLOR_GRAY2BGR))
+    on = pipeline.config
+    pipeline.config = dataclasses.replace(on, fused_stretch=None)
+    pipeline.process(*dim_pair())
+    pipeline.config = on
+    again = pipeline.process(*dim_pair()).fused_y
+    assert (again.min(), again.max()) == (0, 255)
+
+    floored = dataclasses.replace(
+        fake_bundle(), fused_stretch=FusedStretchSpec(0.0, 100.0, max_gain=4.0, min_std=60.0)
+    )
+    ir, visible = dim_pair(low=100, high=150)  # ~50 levels of range: under 255 / 4
+    np.testing.assert_array_equal(
+        FusionPipeline(FakeBackend(floored)).process(ir, visible).fused_y,
+        FusionPipeline(FakeBackend(fake_bundle())).process(ir, visible).fused_y,
+    )

@@ -180,7 +180,8 @@ class ExportConfig:
     score_threshold: float = _DETECTION_DEFAULTS["score_threshold"]
     nms_iou: float = _DETECTION_DEFAULTS["nms_iou"]
     max_detections: int = _DETECTION_DEFAULTS["max_detections"]
-    # model.yaml's fused_stretch: "off" or "LOW:HIGH" percentiles (core.bundle.parse_fused_stretch)
+    # model.yaml's fused_stretch, quoted: "off", "LOW:HIGH" or "LOW:HIGH:MIN_STD"
+    # (core.bundle.parse_fused_stretch)
     fused_stretch: str = "off"
 
 

@@ -52,6 +52,7 @@ its head's exact keys, or an unknown head, is refused at load with a :class:`Bun
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,12 +233,12 @@ class FusedStretchSpec:
     The fused image is mapped linearly from its ``low_percentile`` and ``high_percentile``
     (0 / 100: its minimum and maximum, the normalisation CDDFuse's test script applies to
     every fused image) to the full 8-bit range. A frame whose limits are closer than
-    255 / ``max_gain`` grey levels (a flat scene, where the stretch would amplify noise) is
-    kept as it is. ``min_std`` (0: off) then raises a frame whose standard deviation is below
-    that many grey levels to it, scaling its deviations about its mean (the gain capped by
-    ``max_gain``): a contrast floor for flat scenes that already span the range with a few
-    pixels. Only the published fused image changes: detection and segmentation run inside the
-    graph on the network's output.
+    255 / ``max_gain`` grey levels (a flat scene, where any gain would amplify noise) is kept
+    as it is, with no floor either. ``min_std`` (0: off) then raises a frame whose standard
+    deviation is below that many grey levels to it, scaling its deviations about its mean (the
+    gain capped by ``max_gain``): a contrast floor for scenes that span the range through a few
+    pixels and are flat elsewhere. Only the published fused image changes: detection and
+    segmentation run inside the graph on the network's output.
     """
 
     low_percentile: float = 0.0
@@ -251,8 +252,8 @@ class FusedStretchSpec:
             raise ValueError(
                 f"need 0 <= low_percentile < high_percentile <= 100, got {low}, {high}"
             )
-        if not self.max_gain >= 1.0:
-            raise ValueError(f"max_gain must be >= 1, got {self.max_gain}")
+        if not 1.0 <= self.max_gain < math.inf:
+            raise ValueError(f"max_gain must be finite and >= 1, got {self.max_gain}")
         if not 0.0 <= self.min_std <= 127.5:
             raise ValueError(f"min_std must be in [0, 127.5] grey levels, got {self.min_std}")
 
@@ -427,12 +428,17 @@ def load_bundle(path: str | Path) -> ModelBundle:
     )
 
 
-def parse_fused_stretch(text: str) -> FusedStretchSpec | None:
+def parse_fused_stretch(text: object) -> FusedStretchSpec | None:
     """``off`` -> None; ``LOW:HIGH`` percentiles (``0:100`` = min-max), optionally
     ``LOW:HIGH:MIN_STD`` (the contrast floor, grey levels) -> a FusedStretchSpec with the
     default ``max_gain``. Raises ValueError for anything else (the command lines' spelling of
     model.yaml's ``fused_stretch``)."""
-    cleaned = str(text).strip().lower()
+    if text is False:  # YAML reads an unquoted off as false
+        return None
+    if not isinstance(text, str):  # and an unquoted 1:59 as the sexagesimal integer 119
+        raise ValueError(f"expected off, LOW:HIGH or LOW:HIGH:MIN_STD as text (quote it in "
+                         f"YAML), got {text!r}")
+    cleaned = text.strip().lower()
     if cleaned == "off":
         return None
     parts = cleaned.split(":")

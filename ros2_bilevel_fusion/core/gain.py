@@ -2,7 +2,7 @@
 
 Thermal decoding (``messages.codec.to_mono8``/``to_bgr8``, 16-bit and float images) and the
 fused image's contrast stretch (model.yaml ``fused_stretch``, ``core.pipeline``) both use it.
-Pure: numpy and OpenCV only.
+Pure: numpy, OpenCV and ``core.bundle`` (the thermal defaults).
 """
 
 from __future__ import annotations
@@ -124,9 +124,10 @@ class AutoGain:
 class ContrastFloor:
     """Raise a uint8 image's contrast to a floor: its deviations about its mean are scaled so
     that its standard deviation is at least ``min_std`` grey levels (the gain capped at
-    ``max_gain``; clipping to 0..255 leaves the result a little under the floor). An image at
-    or above the floor, or constant, is returned as it is. ``smoothing`` (0 = off) smooths the
-    gain across frames, as :class:`GainControl`'s does the limits."""
+    ``max_gain``; clipping to 0..255 leaves the result a little under the floor). Without
+    smoothing, an image at or above the floor, or constant, is returned as it is;
+    ``smoothing`` (0 = off) blends each frame's gain with the previous one, as
+    :class:`GainControl`'s does the limits, so a frame may keep part of an earlier lift."""
 
     def __init__(self, min_std: float, max_gain: float, smoothing: float = 0.0) -> None:
         if not min_std > 0.0 or not max_gain >= 1.0 or not 0.0 <= smoothing < 1.0:

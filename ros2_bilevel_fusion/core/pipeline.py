@@ -57,27 +57,27 @@ class PostprocessConfig:
         """Values from model.yaml (the contract's defaults when the bundle has no detector)."""
         detection = bundle.detection
         if detection is None:
-            return cls(
-                DEFAULT_SCORE_THRESHOLD, DEFAULT_NMS_IOU, DEFAULT_MAX_DETECTIONS,
-                fused_stretch=bundle.fused_stretch,
+            thresholds = (DEFAULT_SCORE_THRESHOLD, DEFAULT_NMS_IOU, DEFAULT_MAX_DETECTIONS)
+        else:
+            thresholds = (
+                float(detection.score_threshold),
+                float(detection.nms_iou),
+                int(detection.max_detections),
             )
-        return cls(
-            score_threshold=float(detection.score_threshold),
-            nms_iou=float(detection.nms_iou),
-            max_detections=int(detection.max_detections),
-            fused_stretch=bundle.fused_stretch,
-        )
+        return cls(*thresholds, fused_stretch=bundle.fused_stretch)
 
 
 def stretch_fused(
     fused_y: np.ndarray, gain: AutoGain, max_gain: float, floor: ContrastFloor | None = None
 ) -> np.ndarray:
-    """The fused uint8 luma stretched between ``gain``'s limits of this frame (unchanged where
-    they are closer than 255 / ``max_gain`` levels, or the frame has none), then raised to the
-    contrast ``floor`` if one is given."""
+    """The fused uint8 luma stretched between ``gain``'s limits of this frame, then raised to
+    the contrast ``floor`` if one is given; a frame whose limits are closer than 255 /
+    ``max_gain`` levels (or that has none) is flat, and any gain would amplify its noise: it is
+    returned as it is, floor or not."""
     limits = gain.measure(fused_y)
-    if limits is not None and limits[1] - limits[0] >= 255.0 / max_gain:
-        fused_y = gain.apply(fused_y, *limits)
+    if limits is None or not limits[1] - limits[0] >= 255.0 / max_gain:
+        return fused_y
+    fused_y = gain.apply(fused_y, *limits)
     return floor(fused_y) if floor is not None else fused_y
 
 
@@ -124,6 +124,11 @@ class FusionPipeline:
         self._fused_gain: (
             tuple[tuple[FusedStretchSpec, float], AutoGain, ContrastFloor | None] | None
         ) = None
+
+    def reset_state(self) -> None:
+        """Forget what earlier frames left behind (the fused stretch's smoothed limits), e.g.
+        after a warm-up frame, so that the first real frame is stretched on its own."""
+        self._fused_gain = None
 
     def _fused_gain_for(
         self, spec: FusedStretchSpec, smoothing: float
@@ -204,7 +209,9 @@ class FusionPipeline:
             raise ValueError(f"backend returned no {bundle.fused_name!r} output")
         fused_y = fused_to_u8(outputs[bundle.fused_name], network_hw)
         stretch = config.fused_stretch
-        if stretch is not None:
+        if stretch is None:
+            self._fused_gain = None  # switched back on later, it starts afresh
+        else:
             gain, floor = self._fused_gain_for(stretch, config.fused_stretch_smoothing)
             fused_y = stretch_fused(fused_y, gain, stretch.max_gain, floor)
         detections = None

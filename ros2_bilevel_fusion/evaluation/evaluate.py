@@ -139,8 +139,8 @@ def override_postprocess(config, args: argparse.Namespace) -> dict:
 
 
 def override_fused_stretch(config, text: str) -> dict:
-    """Apply ``--fused-stretch`` (``bundle``: model.yaml's stays; ``off``; ``LOW:HIGH``) to the
-    pipeline's PostprocessConfig; returns the one in use."""
+    """Apply ``--fused-stretch`` (``bundle``: model.yaml's stays; ``off``; ``LOW:HIGH`` or
+    ``LOW:HIGH:MIN_STD``) to the pipeline's PostprocessConfig; returns the one in use."""
     from_bundle = text.strip().lower() == "bundle"
     if not from_bundle:
         try:

@@ -1,5 +1,5 @@
-"""sensor_msgs/Image and CompressedImage <-> numpy, for every common encoding, plus thermal
-automatic gain control.
+"""sensor_msgs/Image and CompressedImage <-> numpy, for every common encoding; 16-bit and float
+images go to 8 bits through the core's gain control (``core.gain.AutoGain``, re-exported here).
 
 The one Image codec of the package: the node, the bag tools and the evaluation all use it.
 The pure functions (:func:`decode`, :func:`encode`, :func:`encode_array`,

@@ -93,6 +93,7 @@ def warm_up(pipeline: FusionPipeline) -> None:
     ir = ramp.astype(np.uint8)
     visible = np.repeat(ir[:, :, None], 3, axis=2)
     pipeline.process(ir, visible)
+    pipeline.reset_state()  # the ramp's stretch limits must not seed the first real frame's
 
 
 class ModelSlot:
