@@ -44,3 +44,21 @@ def test_rows_carry_both_criteria_and_the_semantic_numbers(tmp_path: Path) -> No
 def test_cli_refuses_a_folder_without_a_summary(tmp_path: Path, capsys) -> None:
     assert lane_report.main([str(tmp_path)]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_against_the_incumbent_keeps_every_metric_in_play(tmp_path: Path, capsys) -> None:
+    """SYNTHETIC summaries: a candidate past CDDFuse's figures on every metric has reach 1 like
+    the incumbent, yet the relative rows show its Qabf loss and its SD gain."""
+    incumbent = {name: 1.2 * value for name, value in CDDFUSE_TNO.items()}
+    candidate = {**incumbent, "Qabf": 0.9 * incumbent["Qabf"], "SD": 1.1 * incumbent["SD"]}
+    inc = _write_summary(tmp_path / "inc", incumbent, False)
+    cand = _write_summary(tmp_path / "cand", candidate, False)
+    row = lane_report.relative_row(lane_report.read_report(cand), lane_report.read_report(inc))
+    assert lane_report.read_report(cand).reach == lane_report.read_report(inc).reach == 1.0
+    assert row.ratios["Qabf"] == pytest.approx(0.9) and row.ratios["SD"] == pytest.approx(1.1)
+    assert row.geometric_mean == pytest.approx((0.9 * 1.1) ** (1 / 8))
+    assert row.not_below == 7
+    assert lane_report.main([str(cand), "--against", str(inc)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 7 of 8 |" in printed and "0.9000" in printed
+    assert lane_report.main([str(cand), str(cand), "--against", str(inc)]) == 2
