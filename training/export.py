@@ -350,6 +350,8 @@ def checkpoint_provenance(checkpoint: dict[str, Any], checkpoint_path: Path) -> 
     }
     if "data" in checkpoint:
         provenance["data"] = checkpoint["data"]
+    if "soup" in checkpoint:  # training.soup: the members whose weights were averaged
+        provenance["soup"] = checkpoint["soup"]
     # a pretrained detector's file, sha256 and licence (training.yolox.provenance()), top level
     provenance.update(checkpoint.get("detector_provenance") or {})
     # likewise for a segmenter whose backbone came from that file (pretrained_segmenter*)
