@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * (len(METRICS) + 5) + "|")
 
     def criteria(values: dict[str, float]) -> str:
-        return (f" | {reference_score(values, list(METRICS)):.4f}"
-                f" | {reference_reach(values, list(METRICS)):.4f} |")
+        return (f" | {reference_score(values):.4f}"
+                f" | {reference_reach(values):.4f} |")
 
     for label, values in rows.items():
         print(f"| {label} | {int(values['params'])} | {ms[label]:.1f} | "
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * (len(val_splits) + 1) + "|")
     for label, per_split in split_rows.items():
         print(f"| {label} | " + " | ".join(
-            f"{reference_reach(per_split[split], list(METRICS)):.4f}" for split in val_splits
+            f"{reference_reach(per_split[split]):.4f}" for split in val_splits
         ) + " |")
     return 0
 

@@ -133,17 +133,21 @@ def evaluate_fusion_folder(
     return result.means["model"], (first[0] if first else None)
 
 
-def _reference_ratios(metrics: dict[str, float], names: list[str]) -> list[float]:
+def _reference_ratios(metrics: dict[str, float], names: Sequence[str]) -> list[float]:
     return [metrics[n] / CDDFUSE_TNO[n] for n in names if math.isfinite(metrics.get(n, math.nan))]
 
 
-def reference_score(metrics: dict[str, float], names: list[str]) -> float:
+def reference_score(
+    metrics: dict[str, float], names: Sequence[str] = PAPER_METRICS
+) -> float:
     """Mean of metric / CDDFuse reference over ``names`` (1.0 = on par on average)."""
     ratios = _reference_ratios(metrics, names)
     return float(np.mean(ratios)) if ratios else -math.inf
 
 
-def reference_reach(metrics: dict[str, float], names: list[str]) -> float:
+def reference_reach(
+    metrics: dict[str, float], names: Sequence[str] = PAPER_METRICS
+) -> float:
     """Mean over ``names`` of min(metric / CDDFuse reference, 1): 1.0 = at or above the
     reference on every metric. A metric past its figure earns no more than reaching it, so one
     far-ahead metric cannot carry the short ones (it can in :func:`reference_score`, which ranks

@@ -55,8 +55,8 @@ def read_report(folder: Path) -> ReportRow:
                    strict=False))
     return ReportRow(
         folder=str(folder), metrics=metrics,
-        score=reference_score(metrics, list(METRICS)),
-        reach=reference_reach(metrics, list(METRICS)),
+        score=reference_score(metrics),
+        reach=reference_reach(metrics),
         map50=detection.get("mAP50"),
         person_ap50=(detection.get("per_class_AP50") or {}).get("person"),
         person_iou=iou.get("person"),

@@ -22,6 +22,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
+
 from ros2_bilevel_fusion.evaluation.metrics import find_pair_file
 from ros2_bilevel_fusion.evaluation.splits import get_split, split_folder, split_names
 from training.config import REPO_ROOT
@@ -44,8 +46,6 @@ def pack_splits(
 ) -> dict[str, int]:
     """Write the pairs (and their label files) of ``splits`` under ``out``; returns the
     number of pairs written per split."""
-    import cv2
-
     counts: dict[str, int] = {}
     for split in splits:
         source = split_folder(split, data_root)

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         wins = sum(means[name] >= reference[name] for name in PAPER_METRICS)
         values = " | ".join(f"{means[name]:.3f}" for name in PAPER_METRICS)
         region = f"{region_weight:g}, {region_sigma:g}, {region_power:g}" if region_weight else "-"
-        reach = reference_reach(means, list(PAPER_METRICS))
+        reach = reference_reach(means)
         row = (f"| {target} | {base_sigma:g} | {mean_weight:g} | {region} | {gain:g} | "
                f"{stretch}, {contrast:g} | {values} | {reach:.4f} | {wins} |")
         if is_tno:

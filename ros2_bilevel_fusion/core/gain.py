@@ -18,6 +18,20 @@ from ros2_bilevel_fusion.core.bundle import (
 )
 
 
+def _read_only_levels(count: int) -> np.ndarray:
+    levels = np.arange(count, dtype=np.float32)
+    levels.flags.writeable = False
+    return levels
+
+
+# Every level an 8- or 16-bit image can hold, as float32: each frame's lookup table is built on
+# them, so they are made once, not per frame (65536 values for 16-bit thermal).
+_LEVELS = {
+    np.dtype(np.uint8): _read_only_levels(256),
+    np.dtype(np.uint16): _read_only_levels(65536),
+}
+
+
 @dataclass
 class GainControl:
     """Percentile stretch settings (defaults: the model contract's thermal ones, which a
@@ -104,8 +118,7 @@ class AutoGain:
         scale = 255.0 / (high - low)
         if image.dtype == np.uint16 or image.dtype == np.uint8:
             # A lookup table over every possible value is cheaper than float maths per pixel.
-            levels = np.arange(256 if image.dtype == np.uint8 else 65536, dtype=np.float32)
-            lut = np.clip(np.rint((levels - low) * scale), 0, 255).astype(np.uint8)
+            lut = np.clip(np.rint((_LEVELS[image.dtype] - low) * scale), 0, 255).astype(np.uint8)
             return np.take(lut, image)
         # A stray huge value (1e30 on a narrow range) overflows to inf and saturates to 255
         # below; numpy's overflow warning would only flood the log once per process.
@@ -149,6 +162,6 @@ class ContrastFloor:
         self.gain = gain
         if gain == 1.0:
             return image
-        levels = np.arange(256, dtype=np.float32)
+        levels = _LEVELS[np.dtype(np.uint8)]
         lut = np.clip(np.rint(mean + gain * (levels - mean)), 0, 255).astype(np.uint8)
         return np.take(lut, image)
