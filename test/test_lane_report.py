@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,67 @@ def test_against_the_incumbent_keeps_every_metric_in_play(tmp_path: Path, capsys
     printed = capsys.readouterr().out
     assert "| 7 of 8 |" in printed and "0.9000" in printed
     assert lane_report.main([str(cand), str(cand), "--against", str(inc)]) == 2
+
+
+def _scaled(factor: float, **overrides: float) -> dict[str, float]:
+    """CDDFuse's figures times ``factor``, with some metrics scaled further."""
+    return {name: factor * value * overrides.get(name, 1.0) for name, value in CDDFUSE_TNO.items()}
+
+
+def _arm(tmp_path: Path, name: str, per_seed: list[dict[str, dict[str, float]]]) -> list[str]:
+    """One evaluation folder per seed, each with a report per split (SYNTHETIC summaries)."""
+    folders = []
+    for seed, splits in enumerate(per_seed):
+        folder = tmp_path / f"{name}_s{seed}"
+        for split, metrics in splits.items():
+            _write_summary(folder / split, metrics, False)
+        folders.append(str(folder))
+    return folders
+
+
+def test_arm_comparison_needs_a_margin_over_the_seed_spread(tmp_path: Path) -> None:
+    """SYNTHETIC two-seed arms: the seed spread inside an arm is the margin a difference of
+    the arms' means has to clear, on the scale of the geometric mean of the 8 ratios."""
+    first = [lane_report.read_report(_write_summary(tmp_path / f"a{i}", _scaled(f), False))
+             for i, f in enumerate((1.0, 1.02))]
+    second = [lane_report.read_report(_write_summary(tmp_path / f"b{i}", _scaled(f), False))
+              for i, f in enumerate((1.04, 1.05))]
+    assert lane_report.seed_spread(first) == pytest.approx(math.log(1.02))
+    assert lane_report.seed_spread(first[:1]) == 0.0
+    comparison = lane_report.compare_arms("s", first, second)
+    assert comparison.ratios["SD"] == pytest.approx(1.045 / 1.01)
+    assert comparison.log_g == pytest.approx(math.log(1.045 / 1.01))
+    assert comparison.margin == pytest.approx(math.log(1.02))
+    assert comparison.verdict == "second"
+    # the floor applies when the seeds agree exactly
+    assert lane_report.compare_arms("s", first[:1], second[:1], 0.05).margin == 0.05
+    # a change smaller than the spread is not told apart
+    near = [lane_report.read_report(_write_summary(tmp_path / "n", _scaled(1.015), False))]
+    assert lane_report.compare_arms("s", first, near).verdict == "tie"
+
+
+def test_decide_wants_no_loss_beyond_the_margin_and_a_gain_beyond_it() -> None:
+    def comparison(log_g: float) -> lane_report.ArmComparison:
+        return lane_report.ArmComparison("s", {}, log_g, 0.02)
+
+    assert lane_report.decide([comparison(0.03), comparison(-0.01)]) == "second"
+    assert lane_report.decide([comparison(0.03), comparison(-0.03)]) == "neither"
+    assert lane_report.decide([comparison(-0.03), comparison(0.0)]) == "first"
+    assert lane_report.decide([comparison(0.01), comparison(-0.01)]) == "neither"
+
+
+def test_cli_compares_two_arms_per_split(tmp_path: Path, capsys) -> None:
+    """SYNTHETIC: the second arm is 5 % higher on every metric of one split and equal on the
+    other, with seeds 1 % apart: it is better by the rule."""
+    first = _arm(tmp_path, "a", [{"road": _scaled(1.0), "msrs": _scaled(1.0)},
+                                 {"road": _scaled(1.01), "msrs": _scaled(1.0)}])
+    second = _arm(tmp_path, "b", [{"road": _scaled(1.0), "msrs": _scaled(1.05)},
+                                  {"road": _scaled(1.01), "msrs": _scaled(1.05)}])
+    argv = ["--arm", "first", *first, "--arm", "second", *second, "--splits", "road", "msrs"]
+    assert lane_report.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "decision: second is better" in printed
+    assert "| road | 1.0000 |" in printed and "| msrs | 1.0500 |" in printed
+    assert lane_report.main(argv[:2 + len(first)]) == 2  # one arm only
+    assert lane_report.main([*argv, "--splits", "missing"]) == 2
+    assert "no summary.json" in capsys.readouterr().err

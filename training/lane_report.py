@@ -14,6 +14,15 @@ where ``reach`` stops counting a metric once it passes CDDFuse's TNO figure
     python -m training.lane_report cand/roadscene_val cand/msrs_det_val \
         --against inc/roadscene_val inc/msrs_det_val
 
+With ``--arm NAME DIR...`` twice (each DIR a bundle's evaluation folder holding one report
+per split, one DIR per training seed) it compares two arms per split the way stop 14's rule
+does (docs/fusion_protocol.md): each metric's mean over an arm's seeds, the ratio of the
+second arm to the first, their geometric mean G, and a margin equal to the largest seed-to-seed
+move inside either arm (at least ``--min-margin``); the second arm is better if ln G is above
+minus the margin on every split and above the margin on at least one::
+
+    python -m training.lane_report --arm region R3 R4 --arm reach B3 B4
+
 Reads only ``summary.json`` (no model is run). Imports ``training.evaluation`` for its two
 criteria (which brings torch, as every training module does) and the standard library.
 """
@@ -119,14 +128,130 @@ def format_relative(rows: Sequence[RelativeRow]) -> str:
     return "\n".join(lines)
 
 
+def arm_means(arm: Sequence[ReportRow]) -> dict[str, float]:
+    """Each metric's arithmetic mean over one arm's reports (its seeds) of one split."""
+    if not arm:
+        raise ValueError("an arm needs at least one report")
+    return {m: sum(row.metrics[m] for row in arm) / len(arm) for m in METRICS}
+
+
+def _log_geometric_ratio(numerator: dict[str, float], denominator: dict[str, float]) -> float:
+    logs = [math.log(numerator[m] / denominator[m]) for m in METRICS]
+    if not all(math.isfinite(v) for v in logs):
+        raise ValueError("a metric is not positive")
+    return sum(logs) / len(logs)
+
+
+def seed_spread(arm: Sequence[ReportRow]) -> float:
+    """The largest |ln| of the geometric mean of metric ratios between two seeds of one arm
+    (0 for a single seed): how far one seed moves the image, on the scale G is judged on."""
+    return max((abs(_log_geometric_ratio(a.metrics, b.metrics))
+                for i, a in enumerate(arm) for b in arm[i + 1:]), default=0.0)
+
+
+@dataclass(frozen=True)
+class ArmComparison:
+    """Arm ``second`` against arm ``first`` on one split (stop 14's statistic)."""
+
+    split: str
+    ratios: dict[str, float]  # metric -> mean(second) / mean(first)
+    log_g: float  # ln of the geometric mean of the ratios
+    margin: float  # max(seed spread of either arm, min_margin)
+
+    @property
+    def verdict(self) -> str:
+        """"second" / "first" when ln G clears the margin that way, else "tie"."""
+        if self.log_g > self.margin:
+            return "second"
+        if self.log_g < -self.margin:
+            return "first"
+        return "tie"
+
+
+def compare_arms(split: str, first: Sequence[ReportRow], second: Sequence[ReportRow],
+                 min_margin: float = 0.01) -> ArmComparison:
+    """Compare two arms' reports of one split: per-metric arm means, their ratios, ln G and the
+    margin the difference has to clear."""
+    means_first, means_second = arm_means(first), arm_means(second)
+    ratios = {m: means_second[m] / means_first[m] for m in METRICS}
+    return ArmComparison(split, ratios, _log_geometric_ratio(means_second, means_first),
+                         max(seed_spread(first), seed_spread(second), min_margin))
+
+
+def decide(comparisons: Sequence[ArmComparison]) -> str:
+    """"second" if it is not worse beyond the margin on any split and better beyond it on one;
+    "first" by the mirror condition; "neither" otherwise (stop 14's rule)."""
+    for better, sign in (("second", 1.0), ("first", -1.0)):
+        if (all(sign * c.log_g > -c.margin for c in comparisons)
+                and any(sign * c.log_g > c.margin for c in comparisons)):
+            return better
+    return "neither"
+
+
+def format_arms(names: Sequence[str], comparisons: Sequence[ArmComparison]) -> str:
+    """A Markdown table per split (ratios, G, margin, verdict) and the decision line."""
+    first, second = names
+    lines = [f"| split: {second} / {first} | " + " | ".join(METRICS)
+             + " | G | ln G | margin | verdict |", "|---" * (len(METRICS) + 5) + "|"]
+    for c in comparisons:
+        verdict = {"second": second, "first": first, "tie": "not told apart"}[c.verdict]
+        lines.append(f"| {c.split} | " + " | ".join(f"{c.ratios[m]:.4f}" for m in METRICS)
+                     + f" | {math.exp(c.log_g):.4f} | {c.log_g:+.4f} | {c.margin:.4f} | "
+                     f"{verdict} |")
+    decision = decide(comparisons)
+    lines.append("decision: " + {"second": f"{second} is better", "first": f"{first} is better",
+                                 "neither": "not told apart"}[decision])
+    return "\n".join(lines)
+
+
+def _main_arms(arms: Sequence[Sequence[str]], splits: Sequence[str], min_margin: float) -> int:
+    if len(arms) != 2 or any(len(arm) < 2 for arm in arms):
+        print("--arm takes a name and at least one folder, given exactly twice", file=sys.stderr)
+        return 2
+    missing = [str(Path(d) / s) for arm in arms for d in arm[1:] for s in splits
+               if not (Path(d) / s / "summary.json").is_file()]
+    if missing:
+        print(f"no summary.json in: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    comparisons = []
+    for split in splits:
+        first, second = ([read_report(Path(d) / split) for d in arm[1:]] for arm in arms)
+        print(format_rows([*first, *second]))
+        print()
+        try:
+            comparisons.append(compare_arms(split, first, second, min_margin))
+        except ValueError as exc:
+            print(f"{split}: {exc}", file=sys.stderr)
+            return 2
+    print(format_arms([arms[0][0], arms[1][0]], comparisons))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", nargs="+", help="fusion-eval folder --out folders")
+    parser.add_argument("reports", nargs="*", help="fusion-eval folder --out folders")
+    parser.add_argument(
+        "--arm", nargs="+", action="append", default=[], metavar="NAME_THEN_DIRS",
+        help="an arm's name, then one evaluation folder per seed (each holding the --splits "
+             "reports); give it twice: the second arm is compared with the first",
+    )
+    parser.add_argument("--splits", nargs="+", default=["roadscene_val", "msrs_det_val"],
+                        help="report subfolders compared by --arm (default: %(default)s)")
+    parser.add_argument("--min-margin", type=float, default=0.01,
+                        help="the least margin ln G has to clear (default: %(default)s)")
     parser.add_argument(
         "--against", nargs="+", default=[],
         help="the incumbent's report folders, one per report, same order (same splits)",
     )
     args = parser.parse_args(argv)
+    if args.arm:
+        if args.reports or args.against:
+            print("--arm does not take report folders or --against", file=sys.stderr)
+            return 2
+        return _main_arms(args.arm, args.splits, args.min_margin)
+    if not args.reports:
+        print("give report folders, or --arm twice", file=sys.stderr)
+        return 2
     if args.against and len(args.against) != len(args.reports):
         print(f"--against needs {len(args.reports)} folders, got {len(args.against)}",
               file=sys.stderr)
