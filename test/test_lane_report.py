@@ -127,3 +127,25 @@ def test_cli_compares_two_arms_per_split(tmp_path: Path, capsys) -> None:
     assert lane_report.main(argv[:2 + len(first)]) == 2  # one arm only
     assert lane_report.main([*argv, "--splits", "missing"]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_pick_scores_each_candidate_by_its_worse_split(tmp_path: Path, capsys) -> None:
+    """SYNTHETIC candidates: one far ahead on one split and behind on the other loses to one
+    slightly ahead on both."""
+    lopsided = {"road": _scaled(1.10), "msrs": _scaled(0.97)}
+    balanced = {"road": _scaled(1.01), "msrs": _scaled(1.01)}
+    behind = {"road": _scaled(0.95), "msrs": _scaled(1.0)}
+    folders = _arm(tmp_path, "c", [lopsided, balanced, behind])
+    reports = {split: [lane_report.read_report(Path(d) / split) for d in folders]
+               for split in ("road", "msrs")}
+    rows = lane_report.pick_rows(folders, reports)
+    mean_road, mean_msrs = (1.10 + 1.01 + 0.95) / 3, (0.97 + 1.01 + 1.0) / 3
+    assert rows[0].log_g["road"] == pytest.approx(math.log(1.10 / mean_road))
+    assert rows[0].score == pytest.approx(math.log(0.97 / mean_msrs))
+    assert max(rows, key=lambda row: row.score).folder == folders[1]
+    assert lane_report.main(["--pick", *folders, "--splits", "road", "msrs"]) == 0
+    assert f"highest score: {folders[1]}" in capsys.readouterr().out
+    assert lane_report.main(["--pick", folders[0], "--splits", "road"]) == 2
+    assert lane_report.main(["--pick", *folders, "--arm", "a", folders[0]]) == 2
+    with pytest.raises(ValueError):
+        lane_report.pick_rows(folders[:2], reports)

@@ -23,6 +23,13 @@ minus the margin on every split and above the margin on at least one::
 
     python -m training.lane_report --arm region R3 R4 --arm reach B3 B4
 
+With ``--pick DIR...`` (evaluation folders of candidates of one arm, e.g. its stage-4 seeds)
+it scores each per split against the mean of all candidates (ln of the geometric mean of the
+8 metric ratios), takes the lower of the splits as the candidate's score and names the
+highest (stop 14's seed-picking rule)::
+
+    python -m training.lane_report --pick S0 S1 S2 S3 S4
+
 Reads only ``summary.json`` (no model is run). Imports ``training.evaluation`` for its two
 criteria (which brings torch, as every training module does) and the standard library.
 """
@@ -204,12 +211,73 @@ def format_arms(names: Sequence[str], comparisons: Sequence[ArmComparison]) -> s
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class PickRow:
+    """One candidate against the mean of all candidates, per split."""
+
+    folder: str
+    log_g: dict[str, float]  # split -> ln geometric mean of the ratios to the candidates' mean
+
+    @property
+    def score(self) -> float:
+        """The lower of the splits' ln G: a candidate must be good on every split."""
+        return min(self.log_g.values())
+
+
+def pick_rows(names: Sequence[str], reports: dict[str, Sequence[ReportRow]]) -> list[PickRow]:
+    """``reports`` maps each split to the candidates' reports of it, in the order of ``names``;
+    returns one row per candidate, scored against the candidates' mean per split."""
+    if not reports or any(len(rows) != len(names) for rows in reports.values()):
+        raise ValueError("every split needs one report per candidate")
+    means = {split: arm_means(rows) for split, rows in reports.items()}
+    return [
+        PickRow(name, {split: _log_geometric_ratio(rows[i].metrics, means[split])
+                       for split, rows in reports.items()})
+        for i, name in enumerate(names)
+    ]
+
+
+def format_pick(rows: Sequence[PickRow]) -> str:
+    """A Markdown table of the candidates' per-split ln G and score, and the pick."""
+    splits = list(rows[0].log_g)
+    lines = ["| candidate | " + " | ".join(f"ln G {s}" for s in splits) + " | score |",
+             "|---" * (len(splits) + 2) + "|"]
+    for row in rows:
+        lines.append(f"| {row.folder} | " + " | ".join(f"{row.log_g[s]:+.4f}" for s in splits)
+                     + f" | {row.score:+.4f} |")
+    best = max(rows, key=lambda row: row.score)
+    lines.append(f"highest score: {best.folder} ({best.score:+.4f})")
+    return "\n".join(lines)
+
+
+def _missing(folders: Sequence[str], splits: Sequence[str]) -> list[str]:
+    return [str(Path(d) / s) for d in folders for s in splits
+            if not (Path(d) / s / "summary.json").is_file()]
+
+
+def _main_pick(folders: Sequence[str], splits: Sequence[str]) -> int:
+    if len(folders) < 2:
+        print("--pick needs at least two candidates", file=sys.stderr)
+        return 2
+    missing = _missing(folders, splits)
+    if missing:
+        print(f"no summary.json in: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    reports = {split: [read_report(Path(d) / split) for d in folders] for split in splits}
+    try:
+        rows = pick_rows(folders, reports)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(format_pick(rows))
+    return 0
+
+
 def _main_arms(arms: Sequence[Sequence[str]], splits: Sequence[str], min_margin: float) -> int:
     if len(arms) != 2 or any(len(arm) < 2 for arm in arms):
         print("--arm takes a name and at least one folder, given exactly twice", file=sys.stderr)
         return 2
-    missing = [str(Path(d) / s) for arm in arms for d in arm[1:] for s in splits
-               if not (Path(d) / s / "summary.json").is_file()]
+    missing = _missing([d for arm in arms for d in arm[1:]], splits)
     if missing:
         print(f"no summary.json in: {', '.join(missing)}", file=sys.stderr)
         return 2
@@ -235,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an arm's name, then one evaluation folder per seed (each holding the --splits "
              "reports); give it twice: the second arm is compared with the first",
     )
+    parser.add_argument(
+        "--pick", nargs="+", default=[], metavar="DIR",
+        help="candidates' evaluation folders (each holding the --splits reports): score each "
+             "against their mean and name the best",
+    )
     parser.add_argument("--splits", nargs="+", default=["roadscene_val", "msrs_det_val"],
                         help="report subfolders compared by --arm (default: %(default)s)")
     parser.add_argument("--min-margin", type=float, default=0.01,
@@ -244,10 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the incumbent's report folders, one per report, same order (same splits)",
     )
     args = parser.parse_args(argv)
-    if args.arm:
-        if args.reports or args.against:
-            print("--arm does not take report folders or --against", file=sys.stderr)
+    if args.arm or args.pick:
+        if args.reports or args.against or (args.arm and args.pick):
+            print("--arm and --pick go alone (no report folders, no --against)",
+                  file=sys.stderr)
             return 2
+        if args.pick:
+            return _main_pick(args.pick, args.splits)
         return _main_arms(args.arm, args.splits, args.min_margin)
     if not args.reports:
         print("give report folders, or --arm twice", file=sys.stderr)
