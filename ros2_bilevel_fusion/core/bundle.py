@@ -201,6 +201,16 @@ class DetectionSpec:
         return [name for level in self.levels for name in level.output_names]
 
 
+def check_percentile_range(
+    low: float, high: float, names: tuple[str, str] = ("low_percentile", "high_percentile")
+) -> None:
+    """Refuse percentile limits outside ``0 <= low < high <= 100`` (the thermal stretch, the
+    fused stretch and the gain control share this one check); ``names`` are the fields the
+    message names."""
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"need 0 <= {names[0]} < {names[1]} <= 100, got {low}, {high}")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How camera images become graph inputs (model.yaml ``preprocessing``, optional).
@@ -217,12 +227,10 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
-        low, high = self.thermal_low_percentile, self.thermal_high_percentile
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(
-                f"need 0 <= thermal_low_percentile < thermal_high_percentile <= 100, "
-                f"got {low}, {high}"
-            )
+        check_percentile_range(
+            self.thermal_low_percentile, self.thermal_high_percentile,
+            ("thermal_low_percentile", "thermal_high_percentile"),
+        )
 
 
 @dataclass(frozen=True)
@@ -247,11 +255,7 @@ class FusedStretchSpec:
     min_std: float = 0.0
 
     def __post_init__(self) -> None:
-        low, high = self.low_percentile, self.high_percentile
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(
-                f"need 0 <= low_percentile < high_percentile <= 100, got {low}, {high}"
-            )
+        check_percentile_range(self.low_percentile, self.high_percentile)
         if not 1.0 <= self.max_gain < math.inf:
             raise ValueError(f"max_gain must be finite and >= 1, got {self.max_gain}")
         if not 0.0 <= self.min_std <= 127.5:

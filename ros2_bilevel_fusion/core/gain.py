@@ -2,7 +2,7 @@
 
 Thermal decoding (``messages.codec.to_mono8``/``to_bgr8``, 16-bit and float images) and the
 fused image's contrast stretch (model.yaml ``fused_stretch``, ``core.pipeline``) both use it.
-Pure: numpy, OpenCV and ``core.bundle`` (the thermal defaults).
+Pure: numpy, OpenCV and ``core.bundle`` (the thermal defaults, the percentile check).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from ros2_bilevel_fusion.core.bundle import (
     DEFAULT_THERMAL_HIGH_PERCENTILE,
     DEFAULT_THERMAL_LOW_PERCENTILE,
+    check_percentile_range,
 )
 
 
@@ -46,11 +47,7 @@ class GainControl:
     max_samples: int = 40_000
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.low_percentile < self.high_percentile <= 100.0:
-            raise ValueError(
-                f"need 0 <= low_percentile < high_percentile <= 100, got "
-                f"{self.low_percentile}, {self.high_percentile}"
-            )
+        check_percentile_range(self.low_percentile, self.high_percentile)
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
 
