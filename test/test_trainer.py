@@ -208,26 +208,26 @@ def test_every_shipped_config_loads_and_the_yolox_stage_sets_the_shipped_thresho
     shipped = load_bundle(SMOKE.parents[2] / "models" / "default")
     assert shipped.detection is not None and shipped.detection.head == "yolox"
     recorded = shipped.provenance["config"]
-    assert recorded["name"] == "fusion_region_shared_s1"
+    assert recorded["name"] == "fusion_reach_b1_shared_s1"
     stage = load_config(SMOKE.parent / f"{recorded['name']}.yaml")
     assert stage.export.score_threshold == shipped.detection.score_threshold
     assert stage.export.name == shipped.name == "default"
-    # stage 6 starts from stage 5's checkpoint, which starts from stage 4's, which starts from
-    # stage 3's bundle; every stage with the realtime_global fusion net and the region lane's
-    # objective; stages 5 and 6 with seed 1 (the seed the per-region rule chose,
-    # docs/fusion_protocol.md)
-    assert stage.init_from == "runs/fusion_region_semantic_s1/best.pt"
+    # stage 6 starts from stage 5's checkpoint, which starts from stage 4's (seed 1, picked by
+    # stop 14's rules), which starts from stage 3's bundle; every stage with the
+    # realtime_global fusion net and the reach objective; stages 5 and 6 with seed 1
+    # (docs/fusion_protocol.md)
+    assert stage.init_from == "runs/fusion_reach_b1_semantic_s1/best.pt"
     assert stage.segmenter.backbone_from_detector and stage.lr.detector == 0.0
-    stage5 = load_config(SMOKE.parent / "fusion_region_semantic_s1.yaml")
-    stage4 = load_config(SMOKE.parent / "fusion_region_bilevel.yaml")
-    assert stage5.init_from == "runs/fusion_region_bilevel/best.pt"
+    stage5 = load_config(SMOKE.parent / "fusion_reach_b1_semantic_s1.yaml")
+    stage4 = load_config(SMOKE.parent / "fusion_reach_bilevel_s1.yaml")
+    assert stage5.init_from == "runs/fusion_reach_bilevel_s1/best.pt"
     assert stage4.init_from == "runs/yolox_semantic/bundle/model.pt"
     assert {stage.fusion, stage5.fusion, stage4.fusion} == {"realtime_global"}
     assert stage.fusion_loss == stage5.fusion_loss == stage4.fusion_loss
     objective = stage4.fusion_loss
     assert (objective.detail_gain, objective.contrast, objective.mean_weight,
-            objective.region_weight, objective.region_sigma) == (0.3, 1.4, 0.4, 0.35, 32.0)
-    assert (stage.seed, stage5.seed, stage4.seed) == (1, 1, 0)
+            objective.region_weight) == (0.3, 1.5, 0.5, 0.0)
+    assert (stage.seed, stage5.seed, stage4.seed) == (1, 1, 1)
     assert stage4.data.fusion_sets == ["roadscene:train", "msrs_det:train"]
     # the previous default's stages 4 and 5 stay as they were
     assert load_config(SMOKE.parent / "perception_semantic.yaml").init_from == (
