@@ -112,13 +112,23 @@ class RelativeRow:
     not_below: int  # metrics with a ratio >= 1
 
 
+def _log_geometric_ratio(numerator: dict[str, float], denominator: dict[str, float]) -> float:
+    """ln of the geometric mean over the 8 metrics of numerator / denominator: the one scale
+    --against, --arm and --pick compare on."""
+    ratios = [numerator[m] / denominator[m] for m in METRICS]
+    if not all(math.isfinite(r) and r > 0 for r in ratios):
+        raise ValueError("a metric is not positive")
+    return sum(math.log(r) for r in ratios) / len(ratios)
+
+
 def relative_row(candidate: ReportRow, incumbent: ReportRow) -> RelativeRow:
     """Each metric of ``candidate`` over ``incumbent``'s; every metric of both must be > 0."""
     ratios = {m: candidate.metrics[m] / incumbent.metrics[m] for m in METRICS}
-    if not all(math.isfinite(r) and r > 0 for r in ratios.values()):
-        raise ValueError(f"{candidate.folder} vs {incumbent.folder}: a metric is not positive")
-    geometric_mean = math.exp(sum(math.log(r) for r in ratios.values()) / len(ratios))
-    return RelativeRow(candidate.folder, incumbent.folder, ratios, geometric_mean,
+    try:
+        log_g = _log_geometric_ratio(candidate.metrics, incumbent.metrics)
+    except ValueError as exc:
+        raise ValueError(f"{candidate.folder} vs {incumbent.folder}: {exc}") from exc
+    return RelativeRow(candidate.folder, incumbent.folder, ratios, math.exp(log_g),
                        sum(r >= 1.0 for r in ratios.values()))
 
 
@@ -140,13 +150,6 @@ def arm_means(arm: Sequence[ReportRow]) -> dict[str, float]:
     if not arm:
         raise ValueError("an arm needs at least one report")
     return {m: sum(row.metrics[m] for row in arm) / len(arm) for m in METRICS}
-
-
-def _log_geometric_ratio(numerator: dict[str, float], denominator: dict[str, float]) -> float:
-    logs = [math.log(numerator[m] / denominator[m]) for m in METRICS]
-    if not all(math.isfinite(v) for v in logs):
-        raise ValueError("a metric is not positive")
-    return sum(logs) / len(logs)
 
 
 def seed_spread(arm: Sequence[ReportRow]) -> float:
@@ -309,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "against their mean and name the best",
     )
     parser.add_argument("--splits", nargs="+", default=["roadscene_val", "msrs_det_val"],
-                        help="report subfolders compared by --arm (default: %(default)s)")
+                        help="report subfolders read by --arm and --pick (default: %(default)s)")
     parser.add_argument("--min-margin", type=float, default=0.01,
                         help="the least margin ln G has to clear (default: %(default)s)")
     parser.add_argument(
