@@ -336,6 +336,25 @@ def test_gain_control_validates() -> None:
         GainControl(smoothing=1.0)
 
 
+def test_every_percentile_pair_is_checked_by_one_rule_that_names_its_fields() -> None:
+    """GainControl, the bundle's thermal preprocessing and its fused stretch refuse the same
+    limits (low must be below high, both within 0..100, NaN too) and name their own fields."""
+    from ros2_bilevel_fusion.core.bundle import FusedStretchSpec, PreprocessSpec
+
+    makers = [
+        ("low_percentile < high_percentile", lambda lo, hi: GainControl(lo, hi)),
+        ("thermal_low_percentile < thermal_high_percentile", lambda lo, hi: PreprocessSpec(
+            thermal_low_percentile=lo, thermal_high_percentile=hi)),
+        ("low_percentile < high_percentile", lambda lo, hi: FusedStretchSpec(lo, hi)),
+    ]
+    for fields, make in makers:
+        for low, high in [(50.0, 10.0), (5.0, 5.0), (-1.0, 50.0), (1.0, 100.5),
+                          (float("nan"), 99.0)]:
+            with pytest.raises(ValueError, match=f"need 0 <= {fields} <= 100"):
+                make(low, high)
+        make(0.0, 100.0)  # the whole range is allowed
+
+
 def test_to_mono8_and_to_bgr8_per_encoding() -> None:
     rng = np.random.default_rng(8)
     mono = synthetic_array("mono8", rng)

@@ -149,3 +149,61 @@ def test_pick_scores_each_candidate_by_its_worse_split(tmp_path: Path, capsys) -
     assert lane_report.main(["--pick", *folders, "--arm", "a", folders[0]]) == 2
     with pytest.raises(ValueError):
         lane_report.pick_rows(folders[:2], reports)
+
+
+def test_the_margin_is_the_largest_move_of_any_seed_pair_in_either_arm(tmp_path: Path) -> None:
+    """SYNTHETIC: three seeds in the second arm, whose first and last agree while the middle one
+    is 6 % away: the margin is that move, and it hides the 5 % difference of the arms' means."""
+    def rows(prefix: str, factors: list[float]) -> list[lane_report.ReportRow]:
+        return [lane_report.read_report(_write_summary(tmp_path / f"{prefix}{i}", _scaled(f),
+                                                       False)) for i, f in enumerate(factors)]
+
+    first = rows("a", [1.0, 1.0])
+    second = rows("b", [1.03, 1.03 * 1.06, 1.03])
+    assert lane_report.seed_spread(second) == pytest.approx(math.log(1.06))
+    comparison = lane_report.compare_arms("s", first, second)
+    assert comparison.margin == pytest.approx(math.log(1.06))
+    assert comparison.log_g == pytest.approx(math.log(1.03 * 3.06 / 3))
+    assert comparison.verdict == "tie"
+    # without the second arm's middle seed the same gap clears the floor
+    assert lane_report.compare_arms("s", first, second[::2]).verdict == "second"
+
+
+def test_the_geometric_mean_weighs_every_metric(tmp_path: Path) -> None:
+    """SYNTHETIC: a 10 % gain on SD against a 10 % loss on Qabf is no gain at all."""
+    first = [lane_report.read_report(_write_summary(tmp_path / "a", _scaled(1.0), False))]
+    second = [lane_report.read_report(
+        _write_summary(tmp_path / "b", _scaled(1.0, SD=1.1, Qabf=1 / 1.1), False))]
+    comparison = lane_report.compare_arms("s", first, second, min_margin=0.0)
+    assert comparison.ratios["SD"] == pytest.approx(1.1)
+    assert comparison.ratios["Qabf"] == pytest.approx(1 / 1.1)
+    assert comparison.log_g == pytest.approx(0.0, abs=1e-12)
+
+
+def test_decide_at_the_margin_itself_is_no_decision() -> None:
+    edge = lane_report.ArmComparison("s", {}, 0.02, 0.02)
+    assert edge.verdict == "tie"
+    assert lane_report.decide([edge, lane_report.ArmComparison("s", {}, 0.0, 0.02)]) == "neither"
+
+
+def test_cli_arm_refusals_and_min_margin(tmp_path: Path, capsys) -> None:
+    """SYNTHETIC arms 2 % apart on one split: the CLI's --min-margin decides; folders given
+    where a name belongs, a negative margin, mixed modes and a zero metric are refused."""
+    first = _arm(tmp_path, "a", [{"road": _scaled(1.0), "msrs": _scaled(1.0)}])
+    second = _arm(tmp_path, "b", [{"road": _scaled(1.02), "msrs": _scaled(1.0)}])
+    base = ["--arm", "first", *first, "--arm", "second", *second, "--splits", "road", "msrs"]
+    assert lane_report.main([*base, "--min-margin", "0.01"]) == 0
+    assert "decision: second is better" in capsys.readouterr().out
+    assert lane_report.main([*base, "--min-margin", "0.03"]) == 0
+    assert "decision: not told apart" in capsys.readouterr().out
+    assert lane_report.main([*base, "--min-margin", "-0.1"]) == 2
+    assert lane_report.main(["--arm", *first, *first, "--arm", "second", *second]) == 2
+    assert "name, not a folder" in capsys.readouterr().err
+    assert lane_report.main([*base, "--against", first[0]]) == 2
+    assert lane_report.main([first[0], *base]) == 2
+    zero = _arm(tmp_path, "z", [{"road": _scaled(1.0, MI=0.0), "msrs": _scaled(1.0)}])
+    assert lane_report.main(["--arm", "first", *first, "--arm", "zero", *zero,
+                             "--splits", "road", "msrs"]) == 2
+    assert "MI" in capsys.readouterr().err
+    assert lane_report.main(["--pick", *first, *zero, "--splits", "road"]) == 2
+    assert "on road" in capsys.readouterr().err

@@ -115,10 +115,12 @@ class RelativeRow:
 def _log_geometric_ratio(numerator: dict[str, float], denominator: dict[str, float]) -> float:
     """ln of the geometric mean over the 8 metrics of numerator / denominator: the one scale
     --against, --arm and --pick compare on."""
-    ratios = [numerator[m] / denominator[m] for m in METRICS]
-    if not all(math.isfinite(r) and r > 0 for r in ratios):
-        raise ValueError("a metric is not positive")
-    return sum(math.log(r) for r in ratios) / len(ratios)
+    bad = [m for m in METRICS
+           if not (math.isfinite(numerator[m]) and math.isfinite(denominator[m])
+                   and numerator[m] > 0 and denominator[m] > 0)]
+    if bad:  # a ratio of two negative values would pass as positive: check each value
+        raise ValueError(f"not a positive number: {', '.join(bad)}")
+    return sum(math.log(numerator[m] / denominator[m]) for m in METRICS) / len(METRICS)
 
 
 def relative_row(candidate: ReportRow, incumbent: ReportRow) -> RelativeRow:
@@ -183,8 +185,9 @@ def compare_arms(split: str, first: Sequence[ReportRow], second: Sequence[Report
     """Compare two arms' reports of one split: per-metric arm means, their ratios, ln G and the
     margin the difference has to clear."""
     means_first, means_second = arm_means(first), arm_means(second)
+    log_g = _log_geometric_ratio(means_second, means_first)  # refuses metrics <= 0 first
     ratios = {m: means_second[m] / means_first[m] for m in METRICS}
-    return ArmComparison(split, ratios, _log_geometric_ratio(means_second, means_first),
+    return ArmComparison(split, ratios, log_g,
                          max(seed_spread(first), seed_spread(second), min_margin))
 
 
@@ -233,11 +236,16 @@ def pick_rows(names: Sequence[str], reports: dict[str, Sequence[ReportRow]]) -> 
     if not reports or any(len(rows) != len(names) for rows in reports.values()):
         raise ValueError("every split needs one report per candidate")
     means = {split: arm_means(rows) for split, rows in reports.items()}
-    return [
-        PickRow(name, {split: _log_geometric_ratio(rows[i].metrics, means[split])
-                       for split, rows in reports.items()})
-        for i, name in enumerate(names)
-    ]
+    picked = []
+    for i, name in enumerate(names):
+        log_g = {}
+        for split, rows in reports.items():
+            try:
+                log_g[split] = _log_geometric_ratio(rows[i].metrics, means[split])
+            except ValueError as exc:
+                raise ValueError(f"{name} on {split}: {exc}") from exc
+        picked.append(PickRow(name, log_g))
+    return picked
 
 
 def format_pick(rows: Sequence[PickRow]) -> str:
@@ -279,6 +287,14 @@ def _main_pick(folders: Sequence[str], splits: Sequence[str]) -> int:
 def _main_arms(arms: Sequence[Sequence[str]], splits: Sequence[str], min_margin: float) -> int:
     if len(arms) != 2 or any(len(arm) < 2 for arm in arms):
         print("--arm takes a name and at least one folder, given exactly twice", file=sys.stderr)
+        return 2
+    named_like_folders = [arm[0] for arm in arms if Path(arm[0]).is_dir()]
+    if named_like_folders:  # --arm R3 R4 would compare R4 alone under the name "R3"
+        print(f"--arm starts with the arm's name, not a folder: {', '.join(named_like_folders)}",
+              file=sys.stderr)
+        return 2
+    if min_margin < 0:
+        print(f"--min-margin must be >= 0, got {min_margin}", file=sys.stderr)
         return 2
     missing = _missing([d for arm in arms for d in arm[1:]], splits)
     if missing:
@@ -329,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _main_pick(args.pick, args.splits)
         return _main_arms(args.arm, args.splits, args.min_margin)
     if not args.reports:
-        print("give report folders, or --arm twice", file=sys.stderr)
+        print("give report folders, --arm twice or --pick", file=sys.stderr)
         return 2
     if args.against and len(args.against) != len(args.reports):
         print(f"--against needs {len(args.reports)} folders, got {len(args.against)}",
