@@ -23,7 +23,6 @@ ExportModel's, see :func:`model_from_torchscript`), ``model.yaml`` (naming model
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import math
 import subprocess
@@ -188,6 +187,7 @@ def bundle_spec(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_iou: float = DEFAULT_NMS_IOU,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
+    fused_stretch: FusedStretchSpec | None = None,
 ) -> ModelBundle:
     detection = (
         detection_spec(model.detector, score_threshold, nms_iou, max_detections)
@@ -212,6 +212,7 @@ def bundle_spec(
         fused_name="fused_y",
         detection=detection,
         segmentation=segmentation,
+        fused_stretch=fused_stretch,
         provenance=provenance,
     )
 
@@ -326,8 +327,8 @@ def export_bundle(
     bundle = bundle_spec(
         model, onnx_path, name=name, provenance=full_provenance, torchscript_path=torchscript_path,
         score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections,
+        fused_stretch=fused_stretch,
     )
-    bundle = dataclasses.replace(bundle, fused_stretch=fused_stretch)
     save_bundle(bundle, out_dir)
     load_bundle(out_dir)  # fail here, not in the node, if the written bundle is invalid
     return out_dir

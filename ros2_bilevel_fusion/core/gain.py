@@ -33,6 +33,14 @@ _LEVELS = {
 }
 
 
+def _look_up(lut: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``lut[image]``: OpenCV's table lookup for 8-bit images (about 4x numpy's at 640x480, the
+    same values), numpy's for 16-bit ones, which OpenCV's does not take."""
+    if image.dtype == np.uint8:
+        return cv2.LUT(image, lut)
+    return np.take(lut, image)
+
+
 @dataclass
 class GainControl:
     """Percentile stretch settings (defaults: the model contract's thermal ones, which a
@@ -116,7 +124,7 @@ class AutoGain:
         if image.dtype == np.uint16 or image.dtype == np.uint8:
             # A lookup table over every possible value is cheaper than float maths per pixel.
             lut = np.clip(np.rint((_LEVELS[image.dtype] - low) * scale), 0, 255).astype(np.uint8)
-            return np.take(lut, image)
+            return _look_up(lut, image)
         # A stray huge value (1e30 on a narrow range) overflows to inf and saturates to 255
         # below; numpy's overflow warning would only flood the log once per process.
         with np.errstate(over="ignore", invalid="ignore"):
@@ -161,4 +169,4 @@ class ContrastFloor:
             return image
         levels = _LEVELS[np.dtype(np.uint8)]
         lut = np.clip(np.rint(mean + gain * (levels - mean)), 0, 255).astype(np.uint8)
-        return np.take(lut, image)
+        return _look_up(lut, image)
